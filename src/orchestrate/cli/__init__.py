@@ -1,0 +1,1 @@
+"""The `orchestrate` command line: a thin edge over the library."""

@@ -1,0 +1,48 @@
+"""The `orchestrate` Typer application.
+
+Only typer and rich are imported at start-up; every command imports what it needs
+(crewai, torch, transformers) when it runs, so `orchestrate --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from orchestrate import __version__
+from orchestrate.cli import build_cmd, doctor_cmd, graph_cmd, runs_cmd
+
+app = typer.Typer(
+    name="orchestrate",
+    help="Turn a software spec into a project with a crew of LLM agents run as a parallel DAG.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"orchestrate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Turn a software spec into a project with a crew of LLM agents run as a parallel DAG."""
+
+
+app.command("build")(build_cmd.build)
+app.command("runs")(runs_cmd.list_runs)
+app.command("show")(runs_cmd.show)
+app.command("tail")(runs_cmd.tail)
+app.command("graph")(graph_cmd.graph)
+app.command("doctor")(doctor_cmd.doctor)
+
+
+def main() -> None:
+    app()

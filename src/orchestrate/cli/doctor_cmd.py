@@ -1,0 +1,148 @@
+"""`orchestrate doctor`: check that this machine can run a build."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from orchestrate.cli.common import console, reports_errors
+
+MIN_FREE_BYTES = 2 * 1024**3  # a converted model takes ~0.5 GB, runs are small
+REQUIRED_PACKAGES = ("crewai", "torch", "transformers", "gguf", "accelerate")
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # "ok", "warn" or "fail"
+    detail: str
+
+
+@reports_errors
+def doctor(
+    load: bool = typer.Option(
+        False, "--load", help="Also load the embedded model and time a short answer."
+    ),
+) -> None:
+    """Check Python, packages, disk, the embedded model and the state directory.
+
+    Example: orchestrate doctor --load
+    """
+    from orchestrate.settings import load_settings
+
+    settings = load_settings()
+    checks = [_python(), *_packages(), *_folders(settings.home, settings.runs_dir)]
+    checks.append(_crew(settings.crew_file))
+    checks.append(_embedded_model(settings.embedded_model, settings.models_dir))
+    if load:
+        checks.append(
+            _load_and_answer(settings.model, settings.models_dir, settings.embedded_model)
+        )
+    table = Table(header_style="bold", box=None)
+    for column in ("check", "status", "detail"):
+        table.add_column(column)
+    styles = {"ok": "green", "warn": "yellow", "fail": "red"}
+    for check in checks:
+        table.add_row(check.name, f"[{styles[check.status]}]{check.status}[/]", check.detail)
+    console.print(table)
+    failed = [check.name for check in checks if check.status == "fail"]
+    if failed:
+        console.print(f"[red]{len(failed)} check(s) failed:[/] {', '.join(failed)}")
+        raise typer.Exit(1)
+
+
+def _python() -> Check:
+    version = ".".join(str(part) for part in sys.version_info[:3])
+    ok = sys.version_info >= (3, 11)
+    return Check("python", "ok" if ok else "fail", f"{version} (need 3.11 or newer)")
+
+
+def _packages() -> list[Check]:
+    checks = []
+    for package in REQUIRED_PACKAGES:
+        try:
+            checks.append(Check(package, "ok", metadata.version(package)))
+        except metadata.PackageNotFoundError:
+            checks.append(Check(package, "fail", "not installed: run `make install`"))
+    return checks
+
+
+def _folders(home: Path, runs_dir: Path) -> list[Check]:
+    return [_writable_folder("state directory", home), _writable_folder("runs folder", runs_dir)]
+
+
+def _writable_folder(label: str, folder: Path) -> Check:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".doctor-"):
+            pass
+    except OSError as exc:
+        return Check(label, "fail", f"{folder} is not writable: {exc.strerror}")
+    free = shutil.disk_usage(folder).free
+    detail = f"{folder.resolve()} ({free / 1024**3:.1f} GiB free)"
+    return Check(label, "ok" if free >= MIN_FREE_BYTES else "warn", detail)
+
+
+def _crew(crew_file: Path | None) -> Check:
+    from orchestrate.crew.config import load_crew
+    from orchestrate.errors import CrewError
+
+    try:
+        crew, graph, source = load_crew(crew_file)
+    except CrewError as exc:
+        return Check("crew", "fail", str(exc))
+    return Check("crew", "ok", f"{source}: {len(crew.agents)} agents, {len(graph.tasks)} tasks")
+
+
+def _embedded_model(override: Path | None, models_dir: Path) -> Check:
+    from orchestrate.errors import ModelNotFoundError
+    from orchestrate.llm.embedded import BUNDLED_NAME, locate_embedded_model
+
+    try:
+        source = locate_embedded_model(BUNDLED_NAME, override=override)
+    except ModelNotFoundError as exc:
+        return Check("embedded model", "fail", str(exc))
+    if not source.is_gguf:
+        return Check("embedded model", "ok", f"{source.path} (model folder)")
+    size = source.path.stat().st_size / 1024**2
+    converted = (models_dir / source.cache_key() / "config.json").is_file()
+    cache = "converted copy ready" if converted else "first build converts it (~20 s, once)"
+    return Check("embedded model", "ok", f"{source.path.name} ({size:.0f} MiB); {cache}")
+
+
+def _load_and_answer(model: str, models_dir: Path, override: Path | None) -> Check:
+    import threading
+    import time
+
+    from orchestrate.errors import OrchestrateError
+    from orchestrate.llm.backend import CompletionRequest, create_backend
+
+    try:
+        backend = create_backend(model, models_dir=models_dir, embedded_model=override)
+        started = time.perf_counter()
+        backend.prepare()
+        loaded = time.perf_counter() - started
+        request = CompletionRequest(
+            messages=[{"role": "user", "content": "Say hello in five words."}],
+            agent="doctor",
+            max_tokens=16,
+            cancel=threading.Event(),
+        )
+        started = time.perf_counter()
+        completion = backend.complete(request)
+        seconds = time.perf_counter() - started
+    except OrchestrateError as exc:
+        return Check(f"model {model}", "fail", str(exc))
+    speed = completion.completion_tokens / seconds if seconds > 0 else 0.0
+    return Check(
+        f"model {model}",
+        "ok",
+        f"loaded in {loaded:.1f} s; {completion.completion_tokens} tokens at {speed:.1f} tokens/s",
+    )

@@ -1,0 +1,150 @@
+"""Progress during a build: a live table on a terminal, plain log lines elsewhere."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from orchestrate.cli.common import format_seconds, styled_state
+
+
+@dataclass
+class _TaskRow:
+    agent: str
+    state: str = "pending"
+    started: float | None = None
+    seconds: float | None = None
+    tokens: int = 0
+    generating: int = 0  # tokens of the answer being generated now
+    files: int = 0
+
+
+class LiveTable:
+    """A Rich live table of tasks: state, elapsed time, tokens and files."""
+
+    def __init__(self, console: Console, tasks: dict[str, str]) -> None:
+        self._rows = {task: _TaskRow(agent) for task, agent in tasks.items()}
+        self._lock = threading.Lock()
+        self._live = Live(console=console, get_renderable=self._render, refresh_per_second=4)
+
+    def __enter__(self) -> LiveTable:
+        self._live.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._live.__exit__(kind, error, traceback)
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        task = event.get("task")
+        with self._lock:
+            row = self._rows.get(task) if isinstance(task, str) else None
+            if row is None:
+                return
+            if event["type"] == "task_state":
+                row.state = event["state"]
+                if row.state == "running":
+                    row.started = time.monotonic()
+                elif row.started is not None and row.seconds is None and row.state != "ready":
+                    row.seconds = time.monotonic() - row.started
+            elif event["type"] == "llm_call":
+                row.tokens += event["prompt_tokens"] + event["completion_tokens"]
+                row.generating = 0
+            elif event["type"] == "file_written":
+                row.files += 1
+
+    def on_progress(self, task: str, tokens: int) -> None:
+        with self._lock:
+            if task in self._rows:
+                self._rows[task].generating = tokens
+
+    def _render(self) -> Table:
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in ("task", "agent", "state", "elapsed", "tokens", "files"):
+            table.add_column(column, justify="right" if column in {"tokens", "files"} else "left")
+        with self._lock:
+            for task, row in self._rows.items():
+                table.add_row(
+                    task,
+                    row.agent,
+                    styled_state(row.state),
+                    format_seconds(self._elapsed(row)),
+                    self._tokens(row),
+                    str(row.files) if row.files else "",
+                )
+        return table
+
+    @staticmethod
+    def _elapsed(row: _TaskRow) -> float | None:
+        if row.seconds is not None:
+            return row.seconds
+        return time.monotonic() - row.started if row.started is not None else None
+
+    @staticmethod
+    def _tokens(row: _TaskRow) -> str:
+        if row.generating:
+            return f"{row.tokens} +{row.generating}"
+        return str(row.tokens) if row.tokens else ""
+
+
+class PlainLog:
+    """One line per notable event, for logs and pipes."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+
+    def __enter__(self) -> PlainLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        line = describe_event(event)
+        if line and event["type"] != "llm_call":
+            self._console.print(line, highlight=False, soft_wrap=True)
+
+    def on_progress(self, task: str, tokens: int) -> None:
+        """Too chatty for a log."""
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    """A short human line for an event (used by the plain log and `tail`)."""
+    stamp = str(event.get("ts", ""))[11:19]
+    kind = event.get("type")
+    task = event.get("task")
+    if kind == "run_started":
+        return (
+            f"{stamp} run {event.get('run')} started: {event.get('spec')} on {event.get('model')}"
+        )
+    if kind == "task_state":
+        reason = f" ({event['reason']})" if event.get("reason") else ""
+        return f"{stamp} {task}: {event.get('state')}{reason}"
+    if kind == "llm_call":
+        return (
+            f"{stamp} {task}: model call {event.get('seconds')}s, "
+            f"{event.get('prompt_tokens')} in / {event.get('completion_tokens')} out"
+        )
+    if kind == "file_written":
+        return f"{stamp} {task}: wrote {event.get('path')} ({event.get('bytes')} bytes)"
+    if kind == "file_refused":
+        return f"{stamp} {task}: refused {event.get('path')!r}: {event.get('reason')}"
+    if kind == "block_problem":
+        line = event.get("line")
+        return f"{stamp} {task}: unreadable file block at line {line}: {event.get('reason')}"
+    if kind == "error":
+        return f"{stamp} error{f' in {task}' if task else ''}: {event.get('message')}"
+    if kind == "run_finished":
+        return f"{stamp} run {event.get('status')} in {event.get('seconds')}s"
+    return f"{stamp} {kind}"

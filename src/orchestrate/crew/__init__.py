@@ -1,0 +1,1 @@
+"""The crew: spec loading, the crew file, and the task graph."""

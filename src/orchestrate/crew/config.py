@@ -1,0 +1,148 @@
+"""The crew file: agents, their tasks, and which task outputs feed which tasks.
+
+It follows CrewAI's YAML convention (an agent has a role, goal and backstory; a task
+has a description, an expected output, an agent and a context list) in one file, and
+is checked completely before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+
+from orchestrate.bundled import default_crew_file
+from orchestrate.crew.graph import TaskGraph
+from orchestrate.errors import CrewError
+from orchestrate.workspace.writer import UnsafePathError, check_relative_path
+
+SPEC_PLACEHOLDER = "{spec}"
+_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+NonEmptyText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
+class AgentConfig(BaseModel):
+    """One agent: who it is and what it wants, in CrewAI's terms."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: NonEmptyText
+    goal: NonEmptyText
+    backstory: NonEmptyText
+
+
+class TaskConfig(BaseModel):
+    """One task: what to do, who does it, and whose outputs it reads."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    agent: NonEmptyText
+    description: NonEmptyText
+    expected_output: NonEmptyText
+    context: list[str] = Field(default_factory=list)
+    # A file that receives the whole answer when the answer carries no block for it,
+    # as CrewAI's own `output_file` does; it lands in the outputs folder like any file.
+    output_file: str | None = None
+
+    @field_validator("output_file")
+    @classmethod
+    def _confined(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return check_relative_path(value).as_posix()
+        except UnsafePathError as exc:
+            raise ValueError(f"output_file {value!r} is refused: {exc}") from None
+
+    def prompt_for(self, spec_text: str) -> str:
+        """The task description with the spec filled in (appended when not placed)."""
+        if SPEC_PLACEHOLDER in self.description:
+            return self.description.replace(SPEC_PLACEHOLDER, spec_text)
+        return f"{self.description}\n\nProject spec:\n{spec_text}"
+
+
+class CrewConfig(BaseModel):
+    """A whole crew, validated: every reference resolves and the contexts are acyclic."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    agents: dict[str, AgentConfig]
+    tasks: dict[str, TaskConfig]
+
+    def graph(self) -> TaskGraph:
+        return TaskGraph({name: task.context for name, task in self.tasks.items()})
+
+
+def load_crew(path: Path | None = None) -> tuple[CrewConfig, TaskGraph, Path]:
+    """Read and validate a crew file; the bundled crew when ``path`` is None."""
+    source = path or default_crew_file()
+    raw = _read_yaml(source)
+    try:
+        crew = CrewConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise CrewError(f"{source}: {_describe(exc)}") from exc
+    try:
+        _check_names_and_agents(crew)
+        graph = crew.graph()
+    except CrewError as exc:
+        raise CrewError(f"{source}: {exc}") from exc
+    return crew, graph, source
+
+
+def _read_yaml(source: Path) -> Any:
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CrewError(f"crew file not found: {source}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CrewError(f"cannot read crew file {source}: {exc}") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise CrewError(f"{source} is not valid YAML{line}: fix the syntax and retry") from exc
+
+
+def _check_names_and_agents(crew: CrewConfig) -> None:
+    if not crew.tasks:
+        raise CrewError("the crew has no tasks; add at least one under 'tasks:'")
+    for kind, names in (("agent", crew.agents), ("task", crew.tasks)):
+        for name in names:
+            if not _NAME_PATTERN.match(name):
+                raise CrewError(
+                    f"{kind} name '{name}' must be lowercase letters, digits and '_', "
+                    f"starting with a letter (at most 40 characters)"
+                )
+    for name, task in crew.tasks.items():
+        if task.agent not in crew.agents:
+            known = ", ".join(sorted(crew.agents)) or "none defined"
+            raise CrewError(
+                f"task '{name}' is assigned to agent '{task.agent}', which is not defined "
+                f"(agents: {known})"
+            )
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line per problem, naming the task or agent and the offending key."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "top level"
+        if error["type"] == "extra_forbidden":
+            problems.append(f"{where}: unknown key (check its spelling)")
+        elif error["type"] == "missing":
+            problems.append(f"{where}: required key is missing")
+        else:
+            problems.append(f"{where}: {error['msg']}")
+    return "; ".join(problems)

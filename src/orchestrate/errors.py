@@ -1,0 +1,59 @@
+"""Exceptions raised by orchestrate.
+
+Every error a user can cause or fix derives from ``OrchestrateError``; the CLI catches
+that root once, prints its message on one line and exits with ``exit_code``::
+
+    OrchestrateError                 exit 1: the run itself went wrong
+    ├── UserInputError               exit 2: bad input, fixable by the user
+    │   ├── SettingsError            a setting or flag has a bad value
+    │   ├── SpecError                the spec is empty, missing or unreadable
+    │   ├── CrewError                the crew file is invalid (keys, agents, contexts, cycles)
+    │   ├── ModelNotFoundError       a model name or path does not resolve
+    │   └── RunNotFoundError         no run matches the id given
+    ├── BackendError                 a model backend failed while answering
+    └── TaskCancelledError           the run is being cancelled (Ctrl-C, SIGTERM)
+"""
+
+from __future__ import annotations
+
+
+class OrchestrateError(Exception):
+    """Root of every error orchestrate reports to users."""
+
+    exit_code = 1
+
+
+class UserInputError(OrchestrateError):
+    """The user gave input we cannot use; the message says how to fix it."""
+
+    exit_code = 2
+
+
+class SettingsError(UserInputError):
+    """A setting, environment variable or flag has a bad value."""
+
+
+class SpecError(UserInputError):
+    """The spec is empty, missing or unreadable."""
+
+
+class CrewError(UserInputError):
+    """The crew file is invalid."""
+
+
+class ModelNotFoundError(UserInputError):
+    """A model name or path does not resolve to something we can load."""
+
+
+class RunNotFoundError(UserInputError):
+    """No run in the runs folder matches the id given."""
+
+
+class BackendError(OrchestrateError):
+    """A model backend failed while producing an answer."""
+
+
+class TaskCancelledError(OrchestrateError):
+    """Raised inside a task when the run is being cancelled."""
+
+    exit_code = 130

@@ -1,0 +1,1 @@
+"""Models: one CrewAI adapter in front of every backend (embedded, scripted)."""

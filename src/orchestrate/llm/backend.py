@@ -1,0 +1,82 @@
+"""What every model backend provides, and how a model name picks one.
+
+A model name is ``BACKEND:NAME``: ``embedded:smollm2-135m`` runs a small model inside
+the process; ``scripted:FILE`` answers from a YAML file (a test double).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from orchestrate.errors import ModelNotFoundError
+
+ChatMessage = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": ...}
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """One chat completion for one agent."""
+
+    messages: list[ChatMessage]
+    agent: str
+    max_tokens: int
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ()
+    cancel: threading.Event = field(default_factory=threading.Event)
+    # Called with the number of tokens generated so far, for live progress.
+    on_progress: Callable[[int], None] | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Backend(Protocol):
+    """A source of chat completions, safe to call from several threads at once."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def context_window(self) -> int: ...
+
+    def prepare(self) -> None:
+        """Do slow one-time work (loading weights) before the first task starts."""
+
+    def complete(self, request: CompletionRequest) -> Completion: ...
+
+    def count_tokens(self, messages: list[ChatMessage]) -> int: ...
+
+
+BACKENDS = ("embedded", "scripted")
+
+
+def parse_model_name(model: str) -> tuple[str, str]:
+    """Split ``BACKEND:NAME`` and check the backend exists."""
+    backend, separator, name = model.partition(":")
+    if not separator or not name or backend not in BACKENDS:
+        raise ModelNotFoundError(
+            f"unknown model '{model}': use BACKEND:NAME with BACKEND one of "
+            f"{', '.join(BACKENDS)} (for example embedded:smollm2-135m)"
+        )
+    return backend, name
+
+
+def create_backend(model: str, *, models_dir: Path, embedded_model: Path | None = None) -> Backend:
+    """Build the backend a model name asks for; nothing heavy is loaded yet."""
+    backend, name = parse_model_name(model)
+    if backend == "scripted":
+        from orchestrate.llm.scripted import ScriptedBackend
+
+        return ScriptedBackend.from_file(Path(name))
+    from orchestrate.llm.embedded import EmbeddedBackend, locate_embedded_model
+
+    source = locate_embedded_model(name, override=embedded_model)
+    return EmbeddedBackend(model, source, models_dir)

@@ -1,0 +1,1 @@
+"""Running the task graph: the task lifecycle and the local thread executor."""

@@ -1,0 +1,89 @@
+"""Settings: flags > environment (ORCHESTRATE_*) > .env > orchestrate.toml > defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from platformdirs import user_state_path
+from pydantic import Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from orchestrate.errors import SettingsError
+
+DEFAULT_MODEL = "embedded:smollm2-135m"
+TOML_FILE = "orchestrate.toml"
+
+
+class Settings(BaseSettings):
+    """Everything a user can configure, with its default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ORCHESTRATE_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        toml_file=TOML_FILE,
+        validate_default=True,
+    )
+
+    home: Path = Field(
+        default_factory=lambda: user_state_path("orchestrate"),
+        description="Machine-wide state directory (converted models, later: budget, leases).",
+    )
+    runs_dir: Path = Field(Path("runs"), description="Where each run gets its folder.")
+    model: str = Field(DEFAULT_MODEL, description="Model for every agent: BACKEND:NAME.")
+    workers: int = Field(4, ge=1, le=64, description="Tasks that may run at the same time.")
+    crew_file: Path | None = Field(None, description="Crew YAML; default: the bundled crew.")
+    embedded_model: Path | None = Field(
+        None, description="A GGUF file or Hugging Face model folder for the embedded backend."
+    )
+    max_tokens: int = Field(512, ge=1, le=32768, description="Most tokens one answer may have.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_settings = TomlConfigSettingsSource(settings_cls)
+        return init_settings, env_settings, dotenv_settings, toml_settings
+
+    @property
+    def models_dir(self) -> Path:
+        """Cache of converted model weights, shared by every run on the machine."""
+        return self.home / "models"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings; flags given as keyword arguments win over every other source.
+
+    A value of ``None`` means "flag not given" and is dropped so lower sources apply.
+    """
+    flags = {name: value for name, value in overrides.items() if value is not None}
+    try:
+        return Settings(**flags)
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc, env_prefix="ORCHESTRATE_")) from exc
+    except ValueError as exc:  # a malformed orchestrate.toml or .env
+        raise SettingsError(f"cannot read settings: {exc}") from exc
+
+
+def describe_validation_error(exc: ValidationError, env_prefix: str = "") -> str:
+    """Turn pydantic's multi-line report into one line naming each bad setting."""
+    parts = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error["loc"]) or "value"
+        label = f"{env_prefix}{name.upper()}" if env_prefix else name
+        parts.append(f"{label}: {error['msg']} (got {error.get('input')!r})")
+    return "; ".join(parts)

@@ -1,0 +1,175 @@
+"""Run folders: ``runs/<run_id>/`` holding ``run.json``, ``events.jsonl``, ``tasks/``, ``outputs/``.
+
+``run.json`` is the run's current state. It is rewritten whole on every change through
+a temporary file and a rename, so a crash leaves either the old or the new version.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+
+import psutil
+from pydantic import BaseModel, Field, ValidationError
+
+from orchestrate.errors import RunNotFoundError
+from orchestrate.store.events import utc_now
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+class TaskRecord(BaseModel):
+    """What happened to one task."""
+
+    agent: str
+    role: str
+    depends_on: list[str]
+    state: str = "pending"
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    seconds: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    llm_calls: int = 0
+    files: list[str] = Field(default_factory=list)
+    reason: str | None = None  # why it failed, was skipped or cancelled
+
+
+class RunRecord(BaseModel):
+    """The whole state of a run, as stored in ``run.json``."""
+
+    id: str
+    status: RunStatus = RunStatus.RUNNING
+    pid: int = Field(default_factory=os.getpid)
+    spec_title: str
+    spec_text: str
+    spec_source: str
+    crew_file: str
+    model: str
+    workers: int
+    started_at: datetime = Field(default_factory=utc_now)
+    ended_at: datetime | None = None
+    seconds: float | None = None
+    critical_path: list[str] = Field(default_factory=list)
+    critical_path_seconds: float | None = None
+    tasks: dict[str, TaskRecord]
+    files: list[str] = Field(default_factory=list)
+    refused_files: list[str] = Field(default_factory=list)
+    out_dir: str | None = None
+    verdict: str | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(task.prompt_tokens for task in self.tasks.values())
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(task.completion_tokens for task in self.tasks.values())
+
+    def is_live(self) -> bool:
+        """True while the process that runs it is still alive."""
+        if self.status is not RunStatus.RUNNING:
+            return False
+        try:
+            process = psutil.Process(self.pid)
+            started = datetime.fromtimestamp(process.create_time(), tz=self.started_at.tzinfo)
+        except psutil.Error:
+            return False
+        # A recycled pid belongs to a process started after our run began.
+        return started <= self.started_at
+
+
+class RunFolder:
+    """The files of one run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.run_json = path / "run.json"
+        self.events_path = path / "events.jsonl"
+        self.tasks_dir = path / "tasks"
+        self.outputs_dir = path / "outputs"
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    def save(self, record: RunRecord) -> None:
+        """Replace run.json atomically."""
+        payload = record.model_dump_json(indent=2).encode("utf-8")
+        handle, temp_name = tempfile.mkstemp(dir=self.path, prefix=".run-", suffix=".json")
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(payload)
+                stream.flush()
+                os.fsync(stream.fileno())
+            Path(temp_name).replace(self.run_json)
+        except BaseException:
+            Path(temp_name).unlink(missing_ok=True)
+            raise
+
+    def load(self) -> RunRecord:
+        try:
+            return RunRecord.model_validate_json(self.run_json.read_bytes())
+        except (OSError, ValidationError) as exc:
+            raise RunNotFoundError(f"run {self.run_id} has no readable run.json: {exc}") from exc
+
+    def write_task_output(self, task: str, text: str) -> Path:
+        self.tasks_dir.mkdir(exist_ok=True)
+        target = self.tasks_dir / f"{task}.md"
+        target.write_text(text, encoding="utf-8")
+        return target
+
+
+class RunStore:
+    """All runs under one folder (``./runs`` by default)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def create(self) -> RunFolder:
+        self.root.mkdir(parents=True, exist_ok=True)
+        run_id = f"{utc_now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+        folder = RunFolder(self.root / run_id)
+        folder.path.mkdir()
+        folder.tasks_dir.mkdir()
+        folder.outputs_dir.mkdir()
+        return folder
+
+    def list_runs(self) -> list[RunRecord]:
+        """Every readable run, newest first; folders without a valid run.json are skipped."""
+        if not self.root.is_dir():
+            return []
+        records = []
+        for path in sorted(self.root.iterdir(), reverse=True):
+            if (path / "run.json").is_file():
+                try:
+                    records.append(RunFolder(path).load())
+                except RunNotFoundError:
+                    continue
+        return records
+
+    def find(self, run_id: str) -> RunFolder:
+        """The run whose id is ``run_id`` or starts with it (like a short git hash)."""
+        if not run_id or "/" in run_id or run_id.startswith("."):
+            raise RunNotFoundError(f"'{run_id}' is not a run id; see `orchestrate runs`")
+        exact = self.root / run_id
+        if (exact / "run.json").is_file():
+            return RunFolder(exact)
+        matches = sorted(self.root.glob(f"{run_id}*/run.json")) if self.root.is_dir() else []
+        if len(matches) == 1:
+            return RunFolder(matches[0].parent)
+        if not matches:
+            raise RunNotFoundError(
+                f"no run '{run_id}' in {self.root}; `orchestrate runs` lists them"
+            )
+        names = ", ".join(match.parent.name for match in matches[:5])
+        raise RunNotFoundError(f"'{run_id}' matches several runs ({names}); give more of the id")

@@ -1,0 +1,1 @@
+"""Generated files: parsing them out of model answers and writing them safely."""
