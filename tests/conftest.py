@@ -1,0 +1,42 @@
+"""Shared fixtures: an isolated state directory and runs folder, and scripted crews."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_SCRIPT = REPO / "examples" / "scripted" / "todo.yaml"
+EXAMPLE_SPEC = REPO / "examples" / "specs" / "todo-cli.yaml"
+
+
+@pytest.fixture
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Run in an empty folder with private state; no ORCHESTRATE_* from the caller leaks in."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("ORCHESTRATE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ORCHESTRATE_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+
+
+@pytest.fixture
+def write_script(tmp_path: Path) -> Callable[..., Path]:
+    """Write a scripted-model file from the example, with answers overridden per agent."""
+
+    def write(name: str = "script.yaml", **agents: dict[str, Any]) -> Path:
+        script = yaml.safe_load(EXAMPLE_SCRIPT.read_text())
+        for agent, answer in agents.items():
+            script["agents"][agent] = answer
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(script))
+        return path
+
+    return write

@@ -1,0 +1,76 @@
+"""Ctrl-C during a build: a real process, a real signal, a clean stop with exit 130."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import EXAMPLE_SCRIPT, EXAMPLE_SPEC
+
+DEADLINE_SECONDS = 60
+
+
+def wait_for(condition, what: str) -> None:
+    """Poll a condition that another process makes true; fail loudly after a deadline."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def running_tasks(runs: Path) -> set[str]:
+    events = next(runs.glob("*/events.jsonl"), None)
+    if events is None:
+        return set()
+    states: dict[str, str] = {}
+    for line in events.read_text().splitlines():
+        event = json.loads(line)
+        if event["type"] == "task_state":
+            states[event["task"]] = event["state"]
+    return {task for task, state in states.items() if state == "running"}
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_cancels_the_run_and_keeps_what_was_written(
+    isolated: Path, signal_number: int
+) -> None:
+    script = yaml.safe_load(EXAMPLE_SCRIPT.read_text())
+    script["agents"]["fullstack"]["latency_seconds"] = 600
+    script["agents"]["devops"]["latency_seconds"] = 600
+    script_path = isolated / "slow.yaml"
+    script_path.write_text(yaml.safe_dump(script))
+    command = [sys.executable, "-m", "orchestrate", "build", str(EXAMPLE_SPEC)]
+    command += ["--model", f"scripted:{script_path}", "--json"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
+    )
+    try:
+        wait_for(lambda: running_tasks(isolated / "runs") == {"implement", "deploy"}, "tasks")
+        process.send_signal(signal_number)
+        stdout, _ = process.communicate(timeout=DEADLINE_SECONDS)
+    finally:
+        process.kill()
+
+    assert process.returncode == 130
+    result = json.loads(stdout)
+    assert result["status"] == "interrupted"
+    states = {name: task["state"] for name, task in result["tasks"].items()}
+    assert states == {
+        "design": "succeeded",
+        "implement": "cancelled",
+        "deploy": "cancelled",
+        "test": "cancelled",
+        "document": "cancelled",
+        "review": "cancelled",
+    }
+    assert result["files"] == ["DESIGN.md"]
+    record = json.loads((Path(result["run_dir"]) / "run.json").read_text())
+    assert record["status"] == "interrupted"

