@@ -30,7 +30,8 @@ def test_scripted_build_writes_the_project_and_records_the_run(isolated: Path) -
     assert result["verdict"] == "approve"
     run_dir = Path(result["run_dir"])
     assert sorted(p.name for p in (run_dir / "tasks").iterdir()) == [
-        f"{task}.md" for task in sorted(["design", "implement", "deploy", "test", "document", "review"])
+        f"{task}.md"
+        for task in sorted(["design", "implement", "deploy", "test", "document", "review"])
     ]
     assert (run_dir / "outputs" / "todo.py").read_text().startswith('"""A tiny todo list')
     assert (isolated / "out" / "tests" / "test_todo.py").is_file()
@@ -48,14 +49,19 @@ def test_events_are_typed_lines_in_lifecycle_order(isolated: Path) -> None:
     events = [json.loads(line) for line in lines]
     assert [event["seq"] for event in events] == list(range(1, len(events) + 1))
     assert events[0]["type"] == "run_started" and events[-1]["type"] == "run_finished"
-    design_states = [e["state"] for e in events if e["type"] == "task_state" and e["task"] == "design"]
+    design_states = [
+        e["state"] for e in events if e["type"] == "task_state" and e["task"] == "design"
+    ]
     assert design_states == ["ready", "running", "succeeded"]
     assert {e["type"] for e in events} >= {"llm_call", "file_written", "task_state"}
 
 
 def test_independent_tasks_overlap_in_time(isolated: Path, write_script) -> None:
     script = yaml.safe_load(EXAMPLE_SCRIPT.read_text())
-    slow = {agent: {**script["agents"][agent], "latency_seconds": 0.5} for agent in ("fullstack", "devops")}
+    slow = {
+        agent: {**script["agents"][agent], "latency_seconds": 0.5}
+        for agent in ("fullstack", "devops")
+    }
     path = write_script(**slow)
 
     _, result = build(str(EXAMPLE_SPEC), "--model", f"scripted:{path}", "--workers", "2")
@@ -78,10 +84,14 @@ def test_a_failed_task_skips_its_dependents_and_exits_1(isolated: Path, write_sc
     assert "simulated outage" in tasks["deploy"]["reason"]
     assert tasks["review"]["state"] == "skipped"
     assert "deploy" in tasks["review"]["reason"]
-    assert all(tasks[name]["state"] == "succeeded" for name in ("design", "implement", "test", "document"))
+    assert all(
+        tasks[name]["state"] == "succeeded" for name in ("design", "implement", "test", "document")
+    )
 
 
-def test_hostile_paths_are_refused_and_nothing_leaves_the_outputs(isolated: Path, write_script) -> None:
+def test_hostile_paths_are_refused_and_nothing_leaves_the_outputs(
+    isolated: Path, write_script
+) -> None:
     answer = (
         "FILE: ../escape.txt\n```\nx\n```\n"
         "FILE: /tmp/absolute.txt\n```\nx\n```\n"
@@ -121,7 +131,9 @@ def test_inline_spec_text_is_accepted(isolated: Path) -> None:
 
 
 def test_plain_progress_lines_when_not_on_a_terminal(isolated: Path) -> None:
-    result = runner.invoke(app, ["build", str(EXAMPLE_SPEC), "--model", f"scripted:{EXAMPLE_SCRIPT}"])
+    result = runner.invoke(
+        app, ["build", str(EXAMPLE_SPEC), "--model", f"scripted:{EXAMPLE_SCRIPT}"]
+    )
 
     assert result.exit_code == 0
     assert "design: running" in result.stderr

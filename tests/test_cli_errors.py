@@ -101,3 +101,13 @@ def test_a_bad_environment_setting_is_named(isolated: Path, monkeypatch) -> None
     result = invoke("build", str(EXAMPLE_SPEC), "--model", f"scripted:{EXAMPLE_SCRIPT}")
 
     assert_user_error(result, "ORCHESTRATE_MAX_TOKENS")
+
+
+def test_env_example_documents_every_setting() -> None:
+    from conftest import REPO
+
+    from orchestrate.settings import Settings
+
+    documented = (REPO / ".env.example").read_text()
+    for name in Settings.model_fields:
+        assert f"ORCHESTRATE_{name.upper()}" in documented, name

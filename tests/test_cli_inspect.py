@@ -44,7 +44,14 @@ def test_show_prints_tasks_tokens_and_files_by_id_prefix(finished_run: str) -> N
     result = runner.invoke(app, ["show", finished_run[:15]], env={"COLUMNS": "200"})
 
     assert result.exit_code == 0, result.output
-    for fragment in (finished_run, "design", "architect", "succeeded", "todo.py", "verdict approve"):
+    for fragment in (
+        finished_run,
+        "design",
+        "architect",
+        "succeeded",
+        "todo.py",
+        "verdict approve",
+    ):
         assert fragment in result.stdout
 
 

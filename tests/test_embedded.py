@@ -54,7 +54,9 @@ def test_greedy_answers_are_deterministic_and_bounded(backend) -> None:
 
     assert first == second
     assert 0 < first.completion_tokens <= 8
-    assert first.prompt_tokens == backend.count_tokens([{"role": "user", "content": "Name a color."}])
+    assert first.prompt_tokens == backend.count_tokens(
+        [{"role": "user", "content": "Name a color."}]
+    )
 
 
 def test_progress_is_reported_while_generating(backend) -> None:

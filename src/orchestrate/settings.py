@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from platformdirs import user_state_path
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     max_tokens: int = Field(512, ge=1, le=32768, description="Most tokens one answer may have.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+
+    @field_validator("home", "runs_dir", "crew_file", "embedded_model")
+    @classmethod
+    def _expand_home(cls, path: Path | None) -> Path | None:
+        return path.expanduser() if path is not None else None
 
     @classmethod
     def settings_customise_sources(
