@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import yaml
-from conftest import EXAMPLE_SCRIPT, EXAMPLE_SPEC
 from typer.testing import CliRunner
 
+from conftest import EXAMPLE_SCRIPT, EXAMPLE_SPEC
 from orchestrate.cli.app import app
 
 runner = CliRunner()

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE_SCRIPT, EXAMPLE_SPEC
 from typer.testing import CliRunner
 
+from conftest import EXAMPLE_SCRIPT, EXAMPLE_SPEC
 from orchestrate.cli.app import app
 
 runner = CliRunner()
@@ -105,7 +105,6 @@ def test_a_bad_environment_setting_is_named(isolated: Path, monkeypatch) -> None
 
 def test_env_example_documents_every_setting() -> None:
     from conftest import REPO
-
     from orchestrate.settings import Settings
 
     documented = (REPO / ".env.example").read_text()

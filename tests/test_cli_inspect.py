@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE_SCRIPT, EXAMPLE_SPEC
 from typer.testing import CliRunner
 
+from conftest import EXAMPLE_SCRIPT, EXAMPLE_SPEC
 from orchestrate import __version__
 from orchestrate.cli.app import app
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import EXAMPLE_SCRIPT, EXAMPLE_SPEC
 
 DEADLINE_SECONDS = 60

@@ -11,9 +11,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE_SPEC
 from typer.testing import CliRunner
 
+from conftest import EXAMPLE_SPEC
 from orchestrate.cli.app import app
 from orchestrate.errors import ModelNotFoundError, TaskCancelledError
 from orchestrate.llm.backend import CompletionRequest, create_backend
@@ -94,7 +94,7 @@ def test_a_bad_override_is_a_clear_error(tmp_path: Path) -> None:
     not_a_model = tmp_path / "weights.bin"
     not_a_model.write_text("x")
 
-    with pytest.raises(ModelNotFoundError, match="neither a .gguf file nor a model folder"):
+    with pytest.raises(ModelNotFoundError, match=r"neither a \.gguf file nor a model folder"):
         locate_embedded_model(BUNDLED_NAME, override=not_a_model)
     assert bundled_gguf() is not None
 
