@@ -36,7 +36,7 @@ class YamlSpec(BaseModel):
     stack: str | None = None
 
     def to_text(self) -> str:
-        sections = [f"# {self.title}", self.description.strip()]
+        sections = [f"# {self.title.strip()}", self.description.strip()]
         if self.stack:
             sections.append(f"Stack: {self.stack}")
         for heading, items in (
@@ -78,7 +78,7 @@ def _read_spec_file(path: Path) -> Spec:
         raise SpecError(f"cannot read spec file {path}: {exc}") from exc
     if path.suffix.lower() in {".yaml", ".yml"}:
         parsed = _parse_yaml_spec(path, content)
-        return Spec(title=parsed.title.strip(), text=parsed.to_text(), source=str(path))
+        return Spec(title=_shorten(parsed.title), text=parsed.to_text(), source=str(path))
     text = content.strip()
     if not text:
         raise SpecError(f"spec file {path} is empty; describe the project to build in it")
@@ -105,7 +105,11 @@ def _parse_yaml_spec(path: Path, content: str) -> YamlSpec:
 
 def _title_from_text(text: str) -> str:
     first_line = next(line for line in text.splitlines() if line.strip())
-    title = first_line.strip().lstrip("#").strip()
+    return _shorten(first_line.strip().lstrip("#"))
+
+
+def _shorten(title: str) -> str:
+    title = " ".join(title.split())
     if len(title) > TITLE_LENGTH:
         title = title[: TITLE_LENGTH - 1].rstrip() + "…"
     return title

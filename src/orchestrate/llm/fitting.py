@@ -7,7 +7,8 @@ from collections.abc import Callable
 from orchestrate.llm.backend import ChatMessage
 
 _MARKER = "\n[... {count} characters omitted to fit the context window ...]\n"
-_MAX_ROUNDS = 8
+_MAX_ROUNDS = 12
+_MAX_CUT_SHARE = 0.8
 
 
 def fit_messages(
@@ -25,8 +26,10 @@ def fit_messages(
             return fitted
         longest = max(fitted, key=lambda message: len(message["content"]))
         text = longest["content"]
-        # Cut a share of characters a little above the share of tokens that is over.
-        excess_chars = int(len(text) * min(1.0, (used - budget) / max(used, 1) * 1.2)) + 64
+        # Cut a share of characters a little above the share of tokens that is over, but
+        # never the whole message in one round: its start and end are what matter most.
+        share = min(_MAX_CUT_SHARE, (used - budget) / max(used, 1) * 1.2)
+        excess_chars = int(len(text) * share) + 64
         keep = max(len(text) - excess_chars, 0)
         head, tail = text[: keep // 2], text[len(text) - keep // 2 :]
         longest["content"] = head + _MARKER.format(count=len(text) - len(head) - len(tail)) + tail

@@ -81,7 +81,7 @@ class DagExecutor:
 
     def _start_ready(self, pool: ThreadPoolExecutor, running: dict[Future[None], str]) -> None:
         while self._ready and len(running) < self._workers:
-            self._ready.sort(key=lambda task: (-self._priority[task], self._order[task]))
+            self._ready.sort(key=lambda task: (-self._priority.get(task, 0.0), self._order[task]))
             task = self._ready.pop(0)
             self._set(task, TaskState.RUNNING)
             running[pool.submit(self._run_task, task)] = task

@@ -6,6 +6,7 @@ a temporary file and a rename, so a crash leaves either the old or the new versi
 
 from __future__ import annotations
 
+import glob
 import os
 import secrets
 import tempfile
@@ -164,7 +165,8 @@ class RunStore:
         exact = self.root / run_id
         if (exact / "run.json").is_file():
             return RunFolder(exact)
-        matches = sorted(self.root.glob(f"{run_id}*/run.json")) if self.root.is_dir() else []
+        pattern = f"{glob.escape(run_id)}*/run.json"
+        matches = sorted(self.root.glob(pattern)) if self.root.is_dir() else []
         if len(matches) == 1:
             return RunFolder(matches[0].parent)
         if not matches:

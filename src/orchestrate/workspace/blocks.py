@@ -19,13 +19,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# The keyword, after optional heading marks or bold; the rest of the line is the path,
+# cleaned up in `_path_from`. Kept free of nested optional groups so that a long line
+# cannot make it backtrack.
 _HEADER = re.compile(
-    r"""^\s*(?:\#{1,6}\s*)?(?:[*_]{1,2})?      # optional heading marks or emphasis
-        file\s*:\s*(?:[*_]{1,2})?\s*          # the keyword
-        `?(?P<path>[^`*\s][^`*]*?)`?          # the path, maybe in backticks
-        \s*(?:[*_]{1,2})?\s*$""",
-    re.IGNORECASE | re.VERBOSE,
+    r"^[ \t]*(?:#{1,6}[ \t]*)?(?P<marks>[*_]*)[ \t]*file[ \t]*:(?P<rest>.*)$", re.IGNORECASE
 )
+_MAX_HEADER_CHARS = 1100  # longer than any path the writer would accept
 _FENCE_OPEN = re.compile(r"^\s*(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`]*)$")
 
 
@@ -60,11 +60,11 @@ def parse_file_blocks(answer: str) -> ParsedAnswer:
     problems: list[BlockProblem] = []
     index = 0
     while index < len(lines):
-        header = _HEADER.match(lines[index])
-        if header is None:
+        header = _HEADER.match(lines[index]) if len(lines[index]) <= _MAX_HEADER_CHARS else None
+        path = _path_from(header.group("rest"), header.group("marks")) if header else ""
+        if not path:
             index += 1
             continue
-        path = header.group("path").strip()
         block, index = _read_block(lines, index, path)
         if isinstance(block, BlockProblem):
             problems.append(block)
@@ -75,6 +75,21 @@ def parse_file_blocks(answer: str) -> ParsedAnswer:
             )
         blocks[block.path] = block
     return ParsedAnswer(list(blocks.values()), problems)
+
+
+def _path_from(rest: str, opening_marks: str) -> str:
+    """Strip the emphasis and backticks models put around a path.
+
+    Underscores close an emphasis only when one opened it before the keyword, so that
+    a path like ``__init__.py`` keeps its own.
+    """
+    path = rest.strip().strip("*").strip()
+    underscores = opening_marks.count("_")
+    if underscores and path.endswith("_" * underscores):
+        path = path[:-underscores].strip()
+    path = path.strip("`").strip()
+    # Backticks or asterisks left inside mean prose that merely starts with "File:".
+    return "" if "`" in path or "*" in path else path
 
 
 def _read_block(

@@ -1,0 +1,174 @@
+"""Tests for orchestrate.workspace.blocks.parse_file_blocks."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from orchestrate.workspace.blocks import BlockProblem, FileBlock, parse_file_blocks
+
+
+def test_canonical_block():
+    answer = 'Here you go.\nFILE: src/app.py\n```python\nprint("hello")\n```\nDone.'
+    parsed = parse_file_blocks(answer)
+    assert parsed.blocks == [FileBlock("src/app.py", 'print("hello")\n', 2)]
+    assert parsed.problems == []
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "FILE: src/app.py",
+        "file:src/app.py",
+        "### File: `src/app.py`",
+        "## FILE: src/app.py",
+        "**FILE: src/app.py**",
+        "**File:** `src/app.py`",
+        "__File: src/app.py__",
+        "File: `src/app.py`",
+        "  FILE :  src/app.py  ",
+    ],
+)
+def test_header_variants(header):
+    parsed = parse_file_blocks(f"{header}\n```\nx = 1\n```\n")
+    assert parsed.blocks == [FileBlock("src/app.py", "x = 1\n", 1)]
+    assert parsed.problems == []
+
+
+@pytest.mark.parametrize("path", ["__init__.py", "_private.py", "foo_"])
+def test_path_with_leading_underscore_is_kept(path):
+    parsed = parse_file_blocks(f"FILE: {path}\n```python\npass\n```\n")
+    assert [block.path for block in parsed.blocks] == [path]
+
+
+def test_nested_path_with_underscores_is_kept():
+    parsed = parse_file_blocks("FILE: pkg/__init__.py\n```python\n```\n")
+    assert [block.path for block in parsed.blocks] == ["pkg/__init__.py"]
+
+
+def test_tilde_fence():
+    parsed = parse_file_blocks("FILE: notes.txt\n~~~text\nline ```\n~~~\n")
+    assert parsed.blocks == [FileBlock("notes.txt", "line ```\n", 1)]
+
+
+def test_longer_fence_wraps_inner_fence():
+    answer = "FILE: README.md\n````markdown\nRun:\n```bash\nmake\n```\n````\n"
+    parsed = parse_file_blocks(answer)
+    assert parsed.blocks == [FileBlock("README.md", "Run:\n```bash\nmake\n```\n", 1)]
+    assert parsed.problems == []
+
+
+def test_blank_lines_between_header_and_fence():
+    parsed = parse_file_blocks("FILE: a.py\n\n   \n```\nok\n```")
+    assert parsed.blocks == [FileBlock("a.py", "ok\n", 1)]
+
+
+def test_empty_block_has_empty_content():
+    parsed = parse_file_blocks("FILE: empty.txt\n```\n```\n")
+    assert parsed.blocks == [FileBlock("empty.txt", "", 1)]
+
+
+def test_several_blocks_keep_order_and_lines():
+    answer = "FILE: a.py\n```\na\n```\ntext\nFILE: b.py\n```\nb\n```\n"
+    parsed = parse_file_blocks(answer)
+    assert parsed.blocks == [FileBlock("a.py", "a\n", 1), FileBlock("b.py", "b\n", 6)]
+
+
+def test_unterminated_block_is_a_problem_not_a_block():
+    parsed = parse_file_blocks("FILE: a.py\n```python\nprint(1)\n")
+    assert parsed.blocks == []
+    assert len(parsed.problems) == 1
+    problem = parsed.problems[0]
+    assert (problem.line, problem.path) == (1, "a.py")
+    assert "never closed" in problem.reason
+
+
+def test_shorter_fence_does_not_close_longer_one():
+    parsed = parse_file_blocks("FILE: a.md\n````\n```\n")
+    assert parsed.blocks == []
+    assert [p.path for p in parsed.problems] == ["a.md"]
+
+
+def test_header_without_fence_is_a_problem_and_next_block_still_parsed():
+    answer = "FILE: a.py\nprint(1)\n\nFILE: b.py\n```\nb\n```\n"
+    parsed = parse_file_blocks(answer)
+    assert parsed.blocks == [FileBlock("b.py", "b\n", 4)]
+    assert parsed.problems == [
+        BlockProblem(1, "no fenced code block follows the FILE header", "a.py")
+    ]
+
+
+def test_header_at_end_is_a_problem():
+    parsed = parse_file_blocks("text\nFILE: last.py")
+    assert parsed.blocks == []
+    assert [(p.line, p.path) for p in parsed.problems] == [(2, "last.py")]
+
+
+def test_duplicate_path_keeps_last_and_reports_problem():
+    answer = "FILE: a.py\n```\none\n```\nFILE: a.py\n```\ntwo\n```\n"
+    parsed = parse_file_blocks(answer)
+    assert parsed.blocks == [FileBlock("a.py", "two\n", 5)]
+    assert len(parsed.problems) == 1
+    assert (parsed.problems[0].line, parsed.problems[0].path) == (5, "a.py")
+    assert "appears twice" in parsed.problems[0].reason
+
+
+def test_text_without_headers_gives_nothing():
+    parsed = parse_file_blocks("Just prose.\n```python\nx = 1\n```\n")
+    assert parsed.blocks == []
+    assert parsed.problems == []
+
+
+def test_empty_answer():
+    parsed = parse_file_blocks("")
+    assert (parsed.blocks, parsed.problems) == ([], [])
+
+
+PIECES = [
+    "FILE: a.py",
+    "File:",
+    "### file: `b.md`",
+    "**FILE:**",
+    "```",
+    "````",
+    "~~~",
+    "`",
+    "*",
+    "_",
+    "#",
+    " ",
+    "\t",
+    "\n",
+    "\r\n",
+    "x",
+    ":",
+    "é",
+    "\x00",
+]
+
+
+def test_never_raises_on_garbage():
+    rng = random.Random(1234)
+    for _ in range(2000):
+        answer = "".join(rng.choice(PIECES) for _ in range(rng.randint(0, 40)))
+        parsed = parse_file_blocks(answer)
+        line_count = max(len(answer.splitlines()), 1)
+        for block in parsed.blocks:
+            assert block.path == block.path.strip()
+            assert block.path
+            assert "`" not in block.path
+            assert 1 <= block.line <= line_count
+        for problem in parsed.problems:
+            assert 1 <= problem.line <= line_count
+
+
+def test_bold_header_around_a_dunder_path():
+    parsed = parse_file_blocks("**FILE: __main__.py**\n```python\npass\n```\n")
+    assert [block.path for block in parsed.blocks] == ["__main__.py"]
+
+
+def test_a_long_header_like_line_is_parsed_in_linear_time():
+    # Used to backtrack for seconds; now it is just a line that is too long to be a path.
+    parsed = parse_file_blocks("FILE: a" + " " * 20_000 + "`x\n```\nx\n```\n")
+    assert parsed.blocks == []
