@@ -112,3 +112,14 @@ def test_a_build_through_the_cli_on_the_embedded_model(
     assert payload["status"] == "succeeded"
     assert {"DESIGN.md", "README.md", "REVIEW.md"} <= set(payload["files"])
     assert payload["completion_tokens"] > 0
+
+
+def test_a_model_folder_can_replace_the_bundled_weights(backend, models_dir: Path) -> None:
+    [converted] = [path for path in models_dir.iterdir() if path.is_dir()]
+
+    folder_backend = create_backend(
+        f"embedded:{BUNDLED_NAME}", models_dir=models_dir, embedded_model=converted
+    )
+
+    assert not locate_embedded_model(BUNDLED_NAME, override=converted).is_gguf
+    assert ask(folder_backend, "Name a color.") == ask(backend, "Name a color.")

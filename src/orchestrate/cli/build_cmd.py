@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -108,28 +110,23 @@ class _Silent:
         """--json prints only the result."""
 
 
-class _cancel_on_signals:  # noqa: N801 - used as a context manager, reads like one
+@contextmanager
+def _cancel_on_signals(cancel: threading.Event, run_path: Path) -> Iterator[None]:
     """First Ctrl-C or SIGTERM: cancel the run cleanly. Second: leave at once."""
 
-    def __init__(self, cancel: threading.Event, run_path: Path) -> None:
-        self._cancel = cancel
-        self._run_path = run_path
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> None:
-        for number in (signal.SIGINT, signal.SIGTERM):
-            self._previous[number] = signal.signal(number, self._handle)
-
-    def __exit__(self, *exc_info: object) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
-
-    def _handle(self, number: int, frame: FrameType | None) -> None:
-        if self._cancel.is_set():
-            err_console.print(f"stopped; what was written is in {self._run_path}")
+    def handle(number: int, frame: FrameType | None) -> None:
+        if cancel.is_set():
+            err_console.print(f"stopped; what was written is in {run_path}")
             os._exit(130)  # threads may be stuck in a model call; do not wait for them
-        self._cancel.set()
+        cancel.set()
         err_console.print("stopping: cancelling running tasks (press Ctrl-C again to quit now)")
+
+    previous = {number: signal.signal(number, handle) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _result_json(result: BuildResult) -> dict[str, Any]:
