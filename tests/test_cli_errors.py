@@ -110,3 +110,20 @@ def test_env_example_documents_every_setting() -> None:
     documented = (REPO / ".env.example").read_text()
     for name in Settings.model_fields:
         assert f"ORCHESTRATE_{name.upper()}" in documented, name
+
+
+def test_an_unwritable_runs_folder_is_a_user_error(isolated: Path, monkeypatch) -> None:
+    (isolated / "blocker").write_text("")
+    monkeypatch.setenv("ORCHESTRATE_RUNS_DIR", str(isolated / "blocker" / "runs"))
+
+    result = invoke("build", str(EXAMPLE_SPEC), "--model", f"scripted:{EXAMPLE_SCRIPT}")
+
+    assert_user_error(result, "cannot create a run folder", "ORCHESTRATE_RUNS_DIR")
+
+
+def test_out_must_be_a_folder(isolated: Path) -> None:
+    (isolated / "taken.txt").write_text("")
+
+    result = invoke("build", "x", "--model", "embedded:none", "--out", "taken.txt")
+
+    assert_user_error(result, "--out taken.txt is a file")

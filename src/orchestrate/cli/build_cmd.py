@@ -47,10 +47,13 @@ def build(
     """
     from orchestrate.crew.config import load_crew
     from orchestrate.crew.spec import load_spec
+    from orchestrate.errors import UserInputError
     from orchestrate.llm.backend import create_backend
     from orchestrate.settings import load_settings
 
     settings = load_settings(model=model, workers=workers, crew_file=crew, max_tokens=max_tokens)
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out} is a file; give a folder (it is created if missing)")
     configure_logging(settings.log_level)
     the_spec = load_spec(spec)
     crew_config, graph, crew_path = load_crew(settings.crew_file)

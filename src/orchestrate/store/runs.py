@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 from pydantic import BaseModel, Field, ValidationError
 
-from orchestrate.errors import RunNotFoundError
+from orchestrate.errors import RunNotFoundError, SettingsError
 from orchestrate.store.events import utc_now
 
 
@@ -137,12 +137,18 @@ class RunStore:
         self.root = root
 
     def create(self) -> RunFolder:
-        self.root.mkdir(parents=True, exist_ok=True)
         run_id = f"{utc_now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
         folder = RunFolder(self.root / run_id)
-        folder.path.mkdir()
-        folder.tasks_dir.mkdir()
-        folder.outputs_dir.mkdir()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            folder.path.mkdir()
+            folder.tasks_dir.mkdir()
+            folder.outputs_dir.mkdir()
+        except OSError as exc:
+            raise SettingsError(
+                f"cannot create a run folder in {self.root}: {exc.strerror}; "
+                f"set ORCHESTRATE_RUNS_DIR to a writable folder"
+            ) from exc
         return folder
 
     def list_runs(self) -> list[RunRecord]:
