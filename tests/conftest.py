@@ -13,6 +13,16 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_SCRIPT = REPO / "examples" / "scripted" / "todo.yaml"
 EXAMPLE_SPEC = REPO / "examples" / "specs" / "todo-cli.yaml"
 
+# The bundled crew's tasks and the tasks each one reads from (config/crew.yaml).
+BUNDLED_CREW_CONTEXTS = {
+    "design": [],
+    "implement": ["design"],
+    "deploy": ["design"],
+    "test": ["implement"],
+    "document": ["design", "implement"],
+    "review": ["implement", "test", "deploy", "document"],
+}
+
 
 @pytest.fixture
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:

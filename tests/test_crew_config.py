@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import BUNDLED_CREW_CONTEXTS
 from orchestrate.bundled import default_crew_file
 from orchestrate.crew.config import TaskConfig, load_crew
 from orchestrate.errors import CrewError
@@ -48,14 +49,7 @@ def test_bundled_crew_contexts():
     crew, graph, source = load_crew()
     assert source == default_crew_file()
     contexts = {name: task.context for name, task in crew.tasks.items()}
-    assert contexts == {
-        "design": [],
-        "implement": ["design"],
-        "deploy": ["design"],
-        "test": ["implement"],
-        "document": ["design", "implement"],
-        "review": ["implement", "test", "deploy", "document"],
-    }
+    assert contexts == BUNDLED_CREW_CONTEXTS
     assert set(graph.tasks) == set(contexts)
     assert graph.dependencies("review") == ("implement", "test", "deploy", "document")
 

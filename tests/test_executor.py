@@ -10,6 +10,7 @@ import threading
 
 import pytest
 
+from conftest import BUNDLED_CREW_CONTEXTS
 from orchestrate.crew.graph import TaskGraph
 from orchestrate.errors import TaskCancelledError
 from orchestrate.scheduler.executor import DagExecutor
@@ -101,14 +102,7 @@ def test_two_workers_start_two_tasks_before_either_finishes():
 
 
 def test_task_starts_only_after_its_dependencies_succeeded():
-    deps = {
-        "design": [],
-        "implement": ["design"],
-        "deploy": ["design"],
-        "test": ["implement"],
-        "document": ["design", "implement"],
-        "review": ["implement", "test", "deploy", "document"],
-    }
+    deps = BUNDLED_CREW_CONTEXTS
     lock = threading.Lock()
     finished = set()
     violations = []

@@ -6,18 +6,11 @@ import re
 
 import pytest
 
+from conftest import BUNDLED_CREW_CONTEXTS
 from orchestrate.crew.graph import CriticalPath, TaskGraph
 from orchestrate.errors import CrewError
 
-# The bundled crew's shape.
-CREW = {
-    "design": [],
-    "implement": ["design"],
-    "deploy": ["design"],
-    "test": ["implement"],
-    "document": ["design", "implement"],
-    "review": ["implement", "test", "deploy", "document"],
-}
+CREW = BUNDLED_CREW_CONTEXTS
 
 
 @pytest.fixture

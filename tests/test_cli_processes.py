@@ -1,4 +1,4 @@
-"""Ctrl-C during a build: a real process, a real signal, a clean stop with exit 130."""
+"""Builds in a real process: signals stop them cleanly, `tail --follow` streams them."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from conftest import EXAMPLE_SCRIPT, EXAMPLE_SPEC
+from orchestrate.cli.app import app
 
 DEADLINE_SECONDS = 60
 
@@ -39,6 +41,36 @@ def running_tasks(runs: Path) -> set[str]:
     return {task for task, state in states.items() if state == "running"}
 
 
+def start_build(script: dict, folder: Path) -> subprocess.Popen[str]:
+    script_path = folder / "script.yaml"
+    script_path.write_text(yaml.safe_dump(script))
+    command = [sys.executable, "-m", "orchestrate", "build", str(EXAMPLE_SPEC)]
+    command += ["--model", f"scripted:{script_path}", "--json"]
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
+    )
+
+
+def test_tail_follow_streams_a_live_run_to_its_end(isolated: Path) -> None:
+    script = yaml.safe_load(EXAMPLE_SCRIPT.read_text())
+    script["latency_seconds"] = 0.4
+    process = start_build(script, isolated)
+    try:
+        wait_for(lambda: bool(running_tasks(isolated / "runs")), "the first task")
+        run_id = next((isolated / "runs").iterdir()).name
+        followed = CliRunner().invoke(app, ["tail", run_id, "--follow", "--json"])
+        process.communicate(timeout=DEADLINE_SECONDS)
+    finally:
+        process.kill()
+
+    events = [json.loads(line) for line in followed.stdout.splitlines()]
+    assert followed.exit_code == 0
+    assert events[-1]["type"] == "run_finished"
+    assert [event["seq"] for event in events] == list(range(1, len(events) + 1))
+    stored = (isolated / "runs" / run_id / "events.jsonl").read_text().splitlines()
+    assert len(events) == len(stored)
+
+
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_cancels_the_run_and_keeps_what_was_written(
     isolated: Path, signal_number: int
@@ -46,13 +78,7 @@ def test_a_signal_cancels_the_run_and_keeps_what_was_written(
     script = yaml.safe_load(EXAMPLE_SCRIPT.read_text())
     script["agents"]["fullstack"]["latency_seconds"] = 600
     script["agents"]["devops"]["latency_seconds"] = 600
-    script_path = isolated / "slow.yaml"
-    script_path.write_text(yaml.safe_dump(script))
-    command = [sys.executable, "-m", "orchestrate", "build", str(EXAMPLE_SPEC)]
-    command += ["--model", f"scripted:{script_path}", "--json"]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
-    )
+    process = start_build(script, isolated)
     try:
         wait_for(lambda: running_tasks(isolated / "runs") == {"implement", "deploy"}, "tasks")
         process.send_signal(signal_number)
