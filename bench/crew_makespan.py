@@ -33,7 +33,6 @@ def run_orchestrate(latency: float, workers: int, folder: Path) -> tuple[float, 
     script = {"latency_seconds": latency, "default": {"answer": "FILE: x.txt\n```\nx\n```"}}
     script_path = folder / "script.yaml"
     script_path.write_text(yaml.safe_dump(script))
-    crew, graph, crew_file = load_crew(None)
     options = BuildOptions(
         model=f"scripted:{script_path}",
         workers=workers,
@@ -43,9 +42,7 @@ def run_orchestrate(latency: float, workers: int, folder: Path) -> tuple[float, 
     )
     run = BuildRun(
         load_spec(str(EXAMPLE_SPEC)),
-        crew,
-        graph,
-        crew_file,
+        load_crew(None),
         ScriptedBackend.from_file(script_path),
         options,
     )

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from orchestrate.agents import run_crew_task
-from orchestrate.crew.config import CrewConfig
-from orchestrate.crew.graph import TaskGraph
+from orchestrate.crew.config import LoadedCrew
 from orchestrate.crew.spec import Spec
 from orchestrate.llm.adapter import CallRecord, OrchestrateLLM
 from orchestrate.llm.backend import Backend
@@ -68,14 +67,13 @@ class BuildRun:
     def __init__(
         self,
         spec: Spec,
-        crew: CrewConfig,
-        graph: TaskGraph,
-        crew_file: Path,
+        crew: LoadedCrew,
         backend: Backend,
         options: BuildOptions,
         observer: BuildObserver | None = None,
     ) -> None:
-        self.spec, self.crew, self.graph, self.backend = spec, crew, graph, backend
+        self.spec, self.backend = spec, backend
+        self.crew, self.graph = crew.config, crew.graph
         self.options = options
         self.cancel = threading.Event()
         self.folder = RunStore(options.runs_dir).create()
@@ -91,16 +89,16 @@ class BuildRun:
             spec_title=spec.title,
             spec_text=spec.text,
             spec_source=spec.source,
-            crew_file=str(crew_file),
+            crew_file=str(crew.source),
             model=options.model,
             workers=options.workers,
             tasks={
                 name: TaskRecord(
                     agent=task.agent,
-                    role=crew.agents[task.agent].role,
+                    role=self.crew.agents[task.agent].role,
                     depends_on=list(task.context),
                 )
-                for name, task in crew.tasks.items()
+                for name, task in self.crew.tasks.items()
             },
         )
         self.folder.save(self.record)

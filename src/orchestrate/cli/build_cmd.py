@@ -56,7 +56,7 @@ def build(
         raise UserInputError(f"--out {out} is a file; give a folder (it is created if missing)")
     configure_logging(settings.log_level)
     the_spec = load_spec(spec)
-    crew_config, graph, crew_path = load_crew(settings.crew_file)
+    loaded_crew = load_crew(settings.crew_file)
     backend = create_backend(
         settings.model, models_dir=settings.models_dir, embedded_model=settings.embedded_model
     )
@@ -77,9 +77,9 @@ def build(
         runs_dir=settings.runs_dir,
         out_dir=out,
     )
-    agents = {name: task.agent for name, task in crew_config.tasks.items()}
+    agents = {name: task.agent for name, task in loaded_crew.config.tasks.items()}
     view = _progress_view(agents, quiet=json_output)
-    run = BuildRun(the_spec, crew_config, graph, crew_path, backend, options, observer=view)
+    run = BuildRun(the_spec, loaded_crew, backend, options, observer=view)
     with _cancel_on_signals(run.cancel, run.folder.path), view:
         result = run.execute()
     if json_output:

@@ -22,6 +22,7 @@ def graph(
     from orchestrate.settings import load_settings
 
     crew_config, task_graph, source = load_crew(crew or load_settings().crew_file)
+
     labels = {name: f"{name}<br/>{task.agent}" for name, task in crew_config.tasks.items()}
     chart = task_graph.to_mermaid(labels)
     if mermaid:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import yaml
 from pydantic import (
@@ -84,7 +84,15 @@ class CrewConfig(BaseModel):
         return TaskGraph({name: task.context for name, task in self.tasks.items()})
 
 
-def load_crew(path: Path | None = None) -> tuple[CrewConfig, TaskGraph, Path]:
+class LoadedCrew(NamedTuple):
+    """A validated crew file, its task graph, and where it was read from."""
+
+    config: CrewConfig
+    graph: TaskGraph
+    source: Path
+
+
+def load_crew(path: Path | None = None) -> LoadedCrew:
     """Read and validate a crew file; the bundled crew when ``path`` is None."""
     source = path or default_crew_file()
     raw = _read_yaml(source)
@@ -97,7 +105,7 @@ def load_crew(path: Path | None = None) -> tuple[CrewConfig, TaskGraph, Path]:
         graph = crew.graph()
     except CrewError as exc:
         raise CrewError(f"{source}: {exc}") from exc
-    return crew, graph, source
+    return LoadedCrew(crew, graph, source)
 
 
 def _read_yaml(source: Path) -> Any:
