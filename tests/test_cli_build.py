@@ -39,6 +39,13 @@ def test_scripted_build_writes_the_project_and_records_the_run(isolated: Path) -
     assert record["status"] == "succeeded"
     assert all(task["state"] == "succeeded" for task in record["tasks"].values())
     assert record["tasks"]["implement"]["files"] == ["todo.py"]
+    assert record["crew"]["tasks"]["review"]["context"] == [
+        "implement",
+        "test",
+        "deploy",
+        "document",
+    ]
+    assert record["crew"]["agents"]["critic"]["role"] == "Code Reviewer"
     assert record["tasks"]["design"]["completion_tokens"] > 0
 
 

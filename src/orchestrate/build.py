@@ -90,6 +90,7 @@ class BuildRun:
             spec_text=spec.text,
             spec_source=spec.source,
             crew_file=str(crew.source),
+            crew=crew.config.model_dump(),
             model=options.model,
             workers=options.workers,
             tasks={

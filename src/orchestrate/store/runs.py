@@ -13,6 +13,7 @@ import tempfile
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import psutil
 from pydantic import BaseModel, Field, ValidationError
@@ -55,6 +56,7 @@ class RunRecord(BaseModel):
     spec_text: str
     spec_source: str
     crew_file: str
+    crew: dict[str, Any] = Field(default_factory=dict)  # the crew as it ran, agents and tasks
     model: str
     workers: int
     started_at: datetime = Field(default_factory=utc_now)
