@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/orchestrate doctor
-	time $(BIN)/orchestrate build $(DEMO_SPEC) --max-tokens 384 --out $(DEMO_OUT)
+	$(BIN)/orchestrate build $(DEMO_SPEC) --max-tokens 384 --out $(DEMO_OUT)
 
 lint: install
 	$(BIN)/ruff check .
