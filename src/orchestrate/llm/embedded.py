@@ -134,6 +134,8 @@ class LoadedModel:
         self._tokenizer = tokenizer
         self._context_window = context_window
         self._generate_lock = threading.Lock()
+        # The Rust tokenizer raises "Already borrowed" when two threads use it at once.
+        self._tokenizer_lock = threading.Lock()
 
     @classmethod
     def shared(cls, source: ModelSource, models_dir: Path) -> LoadedModel:
@@ -194,13 +196,15 @@ class LoadedModel:
         if request.cancel.is_set():
             raise TaskCancelledError("cancelled during generation")
         new_tokens = output[0][prompt_tokens:]
-        text = self._tokenizer.decode(new_tokens, skip_special_tokens=True)
+        with self._tokenizer_lock:
+            text = self._tokenizer.decode(new_tokens, skip_special_tokens=True)
         return Completion(_cut_at_stop(text, request.stop), prompt_tokens, len(new_tokens))
 
     def _encode(self, messages: list[ChatMessage]) -> Any:
-        return self._tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
+        with self._tokenizer_lock:
+            return self._tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
 
     @staticmethod
     def _sampling(temperature: float) -> dict[str, Any]:
