@@ -168,7 +168,12 @@ def test_bold_header_around_a_dunder_path():
     assert [block.path for block in parsed.blocks] == ["__main__.py"]
 
 
-def test_a_long_header_like_line_is_parsed_in_linear_time():
-    # Used to backtrack for seconds; now it is just a line that is too long to be a path.
-    parsed = parse_file_blocks("FILE: a" + " " * 20_000 + "`x\n```\nx\n```\n")
+def test_a_header_like_line_of_spaces_is_no_path():
+    # A line like this made the first header pattern backtrack for seconds.
+    parsed = parse_file_blocks("FILE: a" + " " * 1000 + "`x\n```\nx\n```\n")
+    assert parsed.blocks == []
+
+
+def test_a_line_too_long_to_hold_a_path_is_not_a_header():
+    parsed = parse_file_blocks("FILE: " + "a" * 2000 + "\n```\nx\n```\n")
     assert parsed.blocks == []
