@@ -45,6 +45,7 @@ def build(
 
     Example: orchestrate build examples/specs/notes-api.md --workers 3 --out ./notes
     """
+    from orchestrate.cli.live import LiveTable
     from orchestrate.crew.config import load_crew
     from orchestrate.crew.spec import load_spec
     from orchestrate.errors import UserInputError
@@ -80,6 +81,12 @@ def build(
     agents = {name: task.agent for name, task in loaded_crew.config.tasks.items()}
     view = _progress_view(agents, quiet=json_output)
     run = BuildRun(the_spec, loaded_crew, backend, options, observer=view)
+    if isinstance(view, LiveTable):
+        err_console.print(
+            f"[bold]Run {run.run_id}[/]: {the_spec.title} on {settings.model}, "
+            f"{settings.workers} workers",
+            highlight=False,
+        )
     with _cancel_on_signals(run.cancel, run.folder.path), view:
         result = run.execute()
     if json_output:
