@@ -16,6 +16,11 @@ that root once, prints its message on one line and exits with ``exit_code``::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class OrchestrateError(Exception):
     """Root of every error orchestrate reports to users."""
@@ -57,3 +62,25 @@ class TaskCancelledError(OrchestrateError):
     """Raised inside a task when the run is being cancelled."""
 
     exit_code = 130
+
+
+def describe_validation_error(exc: ValidationError, *, env_prefix: str | None = None) -> str:
+    """Turn pydantic's multi-line report into one line naming each bad key.
+
+    With ``env_prefix`` the keys are named as environment variables (ORCHESTRATE_WORKERS)
+    and the rejected value is shown, since a setting's value is short.
+    """
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "top level"
+        if error["type"] == "extra_forbidden":
+            problem = "unknown key (check its spelling)"
+        elif error["type"] == "missing":
+            problem = "required key is missing"
+        else:
+            problem = error["msg"]
+        if env_prefix is not None:
+            where = f"{env_prefix}{where.upper()}"
+            problem = f"{problem} (got {error.get('input')!r})"
+        problems.append(f"{where}: {problem}")
+    return "; ".join(problems)

@@ -14,7 +14,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from orchestrate.errors import SettingsError
+from orchestrate.errors import SettingsError, describe_validation_error
 
 DEFAULT_MODEL = "embedded:smollm2-135m"
 TOML_FILE = "orchestrate.toml"
@@ -82,13 +82,3 @@ def load_settings(**overrides: Any) -> Settings:
         raise SettingsError(describe_validation_error(exc, env_prefix="ORCHESTRATE_")) from exc
     except ValueError as exc:  # a malformed orchestrate.toml or .env
         raise SettingsError(f"cannot read settings: {exc}") from exc
-
-
-def describe_validation_error(exc: ValidationError, env_prefix: str = "") -> str:
-    """Turn pydantic's multi-line report into one line naming each bad setting."""
-    parts = []
-    for error in exc.errors():
-        name = ".".join(str(part) for part in error["loc"]) or "value"
-        label = f"{env_prefix}{name.upper()}" if env_prefix else name
-        parts.append(f"{label}: {error['msg']} (got {error.get('input')!r})")
-    return "; ".join(parts)

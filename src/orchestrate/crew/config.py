@@ -23,7 +23,7 @@ from pydantic import (
 
 from orchestrate.bundled import default_crew_file
 from orchestrate.crew.graph import TaskGraph
-from orchestrate.errors import CrewError
+from orchestrate.errors import CrewError, describe_validation_error
 from orchestrate.workspace.writer import UnsafePathError, check_relative_path
 
 SPEC_PLACEHOLDER = "{spec}"
@@ -99,7 +99,7 @@ def load_crew(path: Path | None = None) -> LoadedCrew:
     try:
         crew = CrewConfig.model_validate(raw)
     except ValidationError as exc:
-        raise CrewError(f"{source}: {_describe(exc)}") from exc
+        raise CrewError(f"{source}: {describe_validation_error(exc)}") from exc
     try:
         _check_names_and_agents(crew)
         graph = crew.graph()
@@ -140,17 +140,3 @@ def _check_names_and_agents(crew: CrewConfig) -> None:
                 f"task '{name}' is assigned to agent '{task.agent}', which is not defined "
                 f"(agents: {known})"
             )
-
-
-def _describe(exc: ValidationError) -> str:
-    """One line per problem, naming the task or agent and the offending key."""
-    problems = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "top level"
-        if error["type"] == "extra_forbidden":
-            problems.append(f"{where}: unknown key (check its spelling)")
-        elif error["type"] == "missing":
-            problems.append(f"{where}: required key is missing")
-        else:
-            problems.append(f"{where}: {error['msg']}")
-    return "; ".join(problems)

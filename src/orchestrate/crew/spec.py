@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrate.errors import SpecError
+from orchestrate.errors import SpecError, describe_validation_error
 
 SPEC_FILE_SUFFIXES = {".md", ".markdown", ".txt", ".yaml", ".yml"}
 MAX_SPEC_BYTES = 200_000
@@ -93,13 +93,9 @@ def _parse_yaml_spec(path: Path, content: str) -> YamlSpec:
     try:
         return YamlSpec.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'top level'}: {err['msg']}"
-            for err in exc.errors()
-        )
         raise SpecError(
-            f"spec file {path}: {problems} (expected keys: title, description, "
-            f"requirements, constraints, stack)"
+            f"spec file {path}: {describe_validation_error(exc)} "
+            f"(expected keys: title, description, requirements, constraints, stack)"
         ) from exc
 
 

@@ -28,7 +28,12 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from orchestrate.errors import BackendError, ModelNotFoundError, TaskCancelledError
+from orchestrate.errors import (
+    BackendError,
+    ModelNotFoundError,
+    TaskCancelledError,
+    describe_validation_error,
+)
 from orchestrate.llm.backend import ChatMessage, Completion, CompletionRequest
 
 
@@ -74,11 +79,8 @@ class ScriptedBackend:
         try:
             return cls(Script.model_validate(data), path)
         except ValidationError as exc:
-            where = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'top level'}: {err['msg']}"
-                for err in exc.errors()
-            )
-            raise ModelNotFoundError(f"scripted model file {path}: {where}") from exc
+            problems = describe_validation_error(exc)
+            raise ModelNotFoundError(f"scripted model file {path}: {problems}") from exc
 
     @property
     def name(self) -> str:
