@@ -1,31 +1,48 @@
-"""One `orchestrate build`: run the crew's task graph and keep a record of everything.
+"""One `orchestrate build` (or `resume`): run the crew's task graph durably.
 
-``BuildRun`` wires the pieces together: the executor decides when each task runs, the
-agents module runs it through CrewAI, the workspace writes the files an answer carries,
-and the run folder records state, events and outputs as they happen.
+``BuildRun`` wires the pieces together. The executor decides when each task runs and
+retries what is worth retrying; the agents module runs a task through CrewAI; when a
+task succeeds, its answer and files are written and it is checkpointed before any
+dependent starts, so a crash (even ``kill -9``) loses at most the tasks in flight and
+``BuildRun.resume`` carries on from there. The run folder records state and events as
+they happen.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from filelock import FileLock, Timeout
+
 from orchestrate.agents import run_crew_task
-from orchestrate.crew.config import LoadedCrew
+from orchestrate.crew.config import CrewConfig, LoadedCrew
 from orchestrate.crew.spec import Spec
+from orchestrate.errors import RunInUseError, UnparseableOutputError
 from orchestrate.llm.adapter import CallRecord, OrchestrateLLM
 from orchestrate.llm.backend import Backend
-from orchestrate.scheduler.executor import DagExecutor, ScheduleOutcome
+from orchestrate.scheduler.executor import (
+    DagExecutor,
+    ExecutionListener,
+    ScheduleOutcome,
+    TaskAttempt,
+)
 from orchestrate.scheduler.lifecycle import TaskState
+from orchestrate.scheduler.policy import TaskPolicy
+from orchestrate.store.checkpoint import Checkpoint, FinishedTask
 from orchestrate.store.events import Event, EventLog, EventType, utc_now
+from orchestrate.store.history import DurationHistory, task_weights
 from orchestrate.store.runs import RunFolder, RunRecord, RunStatus, RunStore, TaskRecord
-from orchestrate.workspace.blocks import parse_file_blocks
-from orchestrate.workspace.writer import UnsafePathError, Workspace
+from orchestrate.workspace.outputs import OutputWriter
+
+logger = logging.getLogger(__name__)
 
 EXIT_CODES = {RunStatus.SUCCEEDED: 0, RunStatus.FAILED: 1, RunStatus.INTERRUPTED: 130}
 _VERDICT = re.compile(
@@ -49,6 +66,9 @@ class BuildOptions:
     temperature: float
     runs_dir: Path
     out_dir: Path | None = None
+    fail_fast: bool = False
+    policy: TaskPolicy = field(default_factory=TaskPolicy)
+    history_path: Path | None = None  # per-agent durations for priorities; None: none kept
 
 
 @dataclass(frozen=True)
@@ -61,31 +81,62 @@ class BuildResult:
         return EXIT_CODES.get(self.record.status, 1)
 
 
-class BuildRun:
-    """Runs a crew over a spec once, recording the run under ``runs_dir``."""
+@dataclass
+class _AttemptUsage:
+    """Model calls made by one attempt, to tell real model time from cache hits."""
+
+    calls: int = 0
+    cached: int = 0
+
+
+@dataclass(frozen=True)
+class _Answer:
+    text: str
+    seconds: float
+    usage: _AttemptUsage = field(default_factory=_AttemptUsage)
+
+
+class BuildRun(ExecutionListener):
+    """Runs a crew over a spec, recording the run in its folder; resumable."""
 
     def __init__(
         self,
+        folder: RunFolder,
+        record: RunRecord,
+        crew: CrewConfig,
+        backend: Backend,
+        options: BuildOptions,
+        observer: BuildObserver | None = None,
+    ) -> None:
+        self.folder, self.record, self.crew = folder, record, crew
+        self.graph = crew.graph()
+        self.backend, self.options = backend, options
+        self.cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._run_lock = _claim(folder)
+        self.checkpoint = Checkpoint(folder.checkpoint_path)
+        self.events = EventLog(folder.events_path)
+        if observer is not None:
+            self.events.subscribe(observer.on_event)
+        self._observer = observer
+        self.outputs = OutputWriter(folder.outputs_dir, self.events)
+        self._history = DurationHistory(options.history_path) if options.history_path else None
+        self._answers = {name: done.answer for name, done in self.checkpoint.finished().items()}
+        self._restored: set[str] = set()  # tasks done by an earlier process of this run
+
+    @classmethod
+    def start(
+        cls,
         spec: Spec,
         crew: LoadedCrew,
         backend: Backend,
         options: BuildOptions,
         observer: BuildObserver | None = None,
-    ) -> None:
-        self.spec, self.backend = spec, backend
-        self.crew, self.graph = crew.config, crew.graph
-        self.options = options
-        self.cancel = threading.Event()
-        self.folder = RunStore(options.runs_dir).create()
-        self.workspace = Workspace(self.folder.outputs_dir)
-        self.events = EventLog(self.folder.events_path)
-        if observer is not None:
-            self.events.subscribe(observer.on_event)
-        self._observer = observer
-        self._outputs: dict[str, str] = {}
-        self._lock = threading.Lock()
-        self.record = RunRecord(
-            id=self.folder.run_id,
+    ) -> BuildRun:
+        """Create a new run folder for ``spec`` and prepare to run the whole crew."""
+        folder = RunStore(options.runs_dir).create()
+        record = RunRecord(
+            id=folder.run_id,
             spec_title=spec.title,
             spec_text=spec.text,
             spec_source=spec.source,
@@ -93,37 +144,57 @@ class BuildRun:
             crew=crew.config.model_dump(),
             model=options.model,
             workers=options.workers,
+            max_tokens=options.max_tokens,
+            temperature=options.temperature,
             tasks={
                 name: TaskRecord(
                     agent=task.agent,
-                    role=self.crew.agents[task.agent].role,
+                    role=crew.config.agents[task.agent].role,
                     depends_on=list(task.context),
                 )
-                for name, task in self.crew.tasks.items()
+                for name, task in crew.config.tasks.items()
             },
         )
-        self.folder.save(self.record)
+        folder.save(record)
+        return cls(folder, record, crew.config, backend, options, observer)
+
+    @classmethod
+    def resume(
+        cls,
+        folder: RunFolder,
+        backend: Backend,
+        options: BuildOptions,
+        observer: BuildObserver | None = None,
+    ) -> BuildRun:
+        """Reopen an unfinished run: its checkpointed tasks stay done, the rest run again."""
+        record = folder.load()
+        crew = record.crew_config()
+        run = cls(folder, record, crew, backend, options, observer)
+        run._reset_unfinished_tasks()
+        return run
 
     @property
     def run_id(self) -> str:
         return self.folder.run_id
 
+    @property
+    def finished_tasks(self) -> list[str]:
+        return [name for name in self.graph.tasks if name in self._answers]
+
     def execute(self) -> BuildResult:
         """Run every task the graph allows; always leave a finished run.json behind."""
-        self.events.emit(
-            EventType.RUN_STARTED,
-            run=self.run_id,
-            spec=self.spec.title,
-            model=self.options.model,
-            workers=self.options.workers,
-            tasks=list(self.graph.tasks),
-        )
+        self._announce()
         started = time.perf_counter()
-        executor = DagExecutor(
+        executor: DagExecutor[_Answer] = DagExecutor(
             self.graph,
             self._run_task,
             workers=self.options.workers,
-            on_transition=self._on_transition,
+            commit=self._commit,
+            policies=self.crew.policies(self.options.policy),
+            listener=self,
+            priority=self.graph.remaining_path(self.estimated_seconds()),
+            fail_fast=self.options.fail_fast,
+            done=set(self._answers),
         )
         try:
             outcome = executor.run(self.cancel)
@@ -134,32 +205,83 @@ class BuildRun:
             self.events.emit(EventType.ERROR, task=None, message=f"{type(exc).__name__}: {exc}")
             self._finish(RunStatus.FAILED, time.perf_counter() - started)
             raise
+        self.record.failure = _summarise_failure(outcome)
         self._finish(_status_of(outcome), time.perf_counter() - started)
         return BuildResult(self.record, self.folder)
 
-    def _run_task(self, name: str) -> None:
+    def estimated_seconds(self) -> dict[str, float]:
+        """Each task's expected duration, learned from earlier runs (1.0 each without)."""
+        task_agents = {name: task.agent for name, task in self.crew.tasks.items()}
+        known = {}
+        if self._history is not None:
+            known = self._history.estimates(sorted(set(task_agents.values())), self.record.model)
+        return task_weights(task_agents, known)
+
+    def _announce(self) -> None:
+        event = EventType.RUN_RESUMED if self.record.resumes else EventType.RUN_STARTED
+        self.events.emit(
+            event,
+            run=self.run_id,
+            spec=self.record.spec_title,
+            model=self.options.model,
+            workers=self.options.workers,
+            tasks=list(self.graph.tasks),
+            finished=self.finished_tasks,
+        )
+
+    def _run_task(self, attempt: TaskAttempt) -> _Answer:
+        name = attempt.task
         task = self.crew.tasks[name]
+        usage = _AttemptUsage()
         llm = OrchestrateLLM(
             backend=self.backend,
             task=name,
             agent=task.agent,
             max_tokens=self.options.max_tokens,
             temperature=self.options.temperature,
-            cancel=self.cancel,
-            on_call=self._on_call,
+            cancel=attempt.cancel,
+            on_call=lambda call: self._on_call(call, usage),
             on_progress=self._progress_reporter(name),
+            read_cache=attempt.number == 1,
         )
+        started = time.perf_counter()
         answer = run_crew_task(
             task,
             self.crew.agents[task.agent],
-            spec_text=self.spec.text,
+            spec_text=self.record.spec_text,
             context=self._context_for(name),
             llm=llm,
         )
-        self.folder.write_task_output(name, answer)
+        if not answer.strip():
+            raise UnparseableOutputError("the model returned an empty answer")
+        return _Answer(answer, time.perf_counter() - started, usage)
+
+    def _commit(self, name: str, answer: _Answer) -> None:
+        """Make a task's result durable: its answer and files first, then the checkpoint."""
+        task = self.crew.tasks[name]
+        self.folder.write_task_output(name, answer.text)
+        files = self.outputs.write_answer(name, answer.text, task.output_file)
         with self._lock:
-            self._outputs[name] = answer
-        self._write_files(name, answer, task.output_file)
+            self._answers[name] = answer.text
+            record = self.record.tasks[name]
+            record.files = files
+            self.record.refused_files.extend(self.outputs.take_refused(name))
+        self.checkpoint.record(
+            FinishedTask(
+                task=name,
+                answer=answer.text,
+                files=files,
+                seconds=round(answer.seconds, 3),
+                prompt_tokens=record.prompt_tokens,
+                completion_tokens=record.completion_tokens,
+                llm_calls=record.llm_calls,
+                cached_calls=record.cached_calls,
+                attempts=record.attempts,
+                finished_at=utc_now().isoformat(),
+            )
+        )
+        if self._history is not None and answer.usage.calls and not answer.usage.cached:
+            self._history.record(task.agent, self.record.model, answer.seconds)
 
     def _context_for(self, name: str) -> str:
         sections = []
@@ -167,42 +289,13 @@ class BuildRun:
             for dependency in self.graph.dependencies(name):
                 role = self.record.tasks[dependency].role
                 sections.append(
-                    f"## Output of '{dependency}' ({role})\n\n{self._outputs[dependency]}"
+                    f"## Output of '{dependency}' ({role})\n\n{self._answers[dependency]}"
                 )
         return "\n\n".join(sections)
 
-    def _write_files(self, task: str, answer: str, output_file: str | None) -> None:
-        parsed = parse_file_blocks(answer)
-        blocks = [(block.path, block.content) for block in parsed.blocks]
-        if output_file and answer.strip() and output_file not in {path for path, _ in blocks}:
-            blocks.append((output_file, answer.strip() + "\n"))
-        for problem in parsed.problems:
-            self.events.emit(
-                EventType.BLOCK_PROBLEM,
-                task=task,
-                line=problem.line,
-                path=problem.path,
-                reason=problem.reason,
-            )
-        for path, content in blocks:
-            try:
-                written = self.workspace.write(path, content)
-            except UnsafePathError as exc:
-                self.events.emit(EventType.FILE_REFUSED, task=task, path=path, reason=str(exc))
-                with self._lock:
-                    self.record.refused_files.append(path)
-                continue
-            self.events.emit(
-                EventType.FILE_WRITTEN,
-                task=task,
-                path=written.path,
-                bytes=written.size_bytes,
-                replaced=written.replaced,
-            )
-            with self._lock:
-                self.record.tasks[task].files.append(written.path)
-
-    def _on_call(self, call: CallRecord) -> None:
+    def _on_call(self, call: CallRecord, usage: _AttemptUsage) -> None:
+        usage.calls += 1
+        usage.cached += call.cached
         self.events.emit(
             EventType.LLM_CALL,
             task=call.task,
@@ -211,9 +304,13 @@ class BuildRun:
             seconds=round(call.seconds, 3),
             prompt_tokens=call.prompt_tokens,
             completion_tokens=call.completion_tokens,
+            cached=call.cached,
         )
         with self._lock:
             record = self.record.tasks[call.task]
+            if call.cached:
+                record.cached_calls += 1
+                return
             record.llm_calls += 1
             record.prompt_tokens += call.prompt_tokens
             record.completion_tokens += call.completion_tokens
@@ -224,27 +321,62 @@ class BuildRun:
             return None
         return lambda tokens: observer.on_progress(task, tokens)
 
-    def _on_transition(self, task: str, state: TaskState, reason: str | None) -> None:
+    # ExecutionListener: the executor reports here as the run unfolds.
+
+    def on_transition(self, task: str, state: TaskState, reason: str | None) -> None:
         now = utc_now()
         with self._lock:
             record = self.record.tasks[task]
             record.state = state.value
             record.reason = reason
-            if state is TaskState.RUNNING:
+            if state is TaskState.RUNNING and record.started_at is None:
                 record.started_at = now
-            elif state.is_terminal and record.started_at is not None:
+            elif state.is_terminal and record.started_at and task not in self._restored:
                 record.ended_at = now
                 record.seconds = round((now - record.started_at).total_seconds(), 3)
-            self.folder.save(self.record)
+            if state is not TaskState.READY:  # "ready" is fleeting; save what lasts
+                self.folder.save(self.record)
         self.events.emit(
-            EventType.TASK_STATE,
-            task=task,
-            agent=self.record.tasks[task].agent,
-            state=state.value,
-            reason=reason,
+            EventType.TASK_STATE, task=task, agent=record.agent, state=state.value, reason=reason
         )
         if state is TaskState.FAILED:
             self.events.emit(EventType.ERROR, task=task, message=reason)
+
+    def on_attempt(self, task: str, number: int, max_attempts: int) -> None:
+        with self._lock:
+            self.record.tasks[task].attempts += 1
+        self.events.emit(
+            EventType.TASK_ATTEMPT, task=task, attempt=number, max_attempts=max_attempts
+        )
+
+    def on_attempt_failed(
+        self, task: str, number: int, reason: str, retry_in: float | None
+    ) -> None:
+        self.events.emit(
+            EventType.ATTEMPT_FAILED,
+            task=task,
+            attempt=number,
+            reason=reason,
+            retry_in_seconds=None if retry_in is None else round(retry_in, 3),
+        )
+
+    def _reset_unfinished_tasks(self) -> None:
+        """Mark a resumed run live again; tasks without a checkpoint start from scratch."""
+        finished = self.checkpoint.finished()
+        self._restored = set(finished)
+        record = self.record
+        record.status, record.pid = RunStatus.RUNNING, os.getpid()
+        record.resumes += 1
+        record.ended_at = record.failure = record.verdict = None
+        record.workers, record.model = self.options.workers, self.options.model
+        for name, task in record.tasks.items():
+            done = finished.get(name)
+            if done is not None:
+                task.state, task.reason, task.files = TaskState.SUCCEEDED.value, None, done.files
+            else:
+                task.state, task.reason, task.files = TaskState.PENDING.value, None, []
+                task.started_at = task.ended_at = task.seconds = None
+        self.folder.save(record)
 
     def _finish(self, status: RunStatus, seconds: float) -> None:
         with self._lock:
@@ -260,10 +392,10 @@ class BuildRun:
             path = self.graph.critical_path(durations)
             record.critical_path = list(path.tasks)
             record.critical_path_seconds = round(path.length, 3)
-            record.files = self.workspace.files()
+            record.files = self.outputs.files()
             record.verdict = self._verdict()
             if self.options.out_dir is not None and record.files:
-                record.out_dir = str(self._copy_outputs(self.options.out_dir))
+                record.out_dir = str(self.outputs.copy_to(self.options.out_dir))
             self.folder.save(record)
         self.events.emit(
             EventType.RUN_FINISHED,
@@ -273,30 +405,52 @@ class BuildRun:
             files=len(record.files),
             prompt_tokens=record.prompt_tokens,
             completion_tokens=record.completion_tokens,
+            failure=record.failure,
         )
         self.events.close()
+        self.checkpoint.close()
+        self._run_lock.release()
 
     def _verdict(self) -> str | None:
         for name, task in self.crew.tasks.items():
-            if task.agent == "critic" and name in self._outputs:
-                match = _VERDICT.search(self._outputs[name])
+            if task.agent == "critic" and name in self._answers:
+                match = _VERDICT.search(self._answers[name])
                 if match:
                     word = match.group(1).lower()
                     return "approve" if word.startswith("approve") else "request_changes"
         return None
 
-    def _copy_outputs(self, out_dir: Path) -> Path:
-        """Copy the generated files to --out through the same confined writer."""
-        destination = Workspace(out_dir)
-        for relative in self.workspace.files():
-            source = self.workspace.root / relative
-            try:
-                destination.write(relative, source.read_text(encoding="utf-8"))
-            except (UnsafePathError, UnicodeDecodeError) as exc:
-                self.events.emit(
-                    EventType.FILE_REFUSED, task=None, path=relative, reason=f"--out: {exc}"
-                )
-        return destination.root
+
+def _claim(folder: RunFolder) -> FileLock:
+    """Hold the run's lock for as long as this process runs it."""
+    lock = FileLock(folder.path / ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunInUseError(
+            f"run {folder.run_id} is being run by another process; wait for it to finish "
+            f"or stop it first"
+        ) from None
+    return lock
+
+
+def _summarise_failure(outcome: ScheduleOutcome) -> str | None:
+    """One line naming the root cause and what it took down with it."""
+    cause = outcome.root_cause
+    if cause is None:
+        return None
+    skipped = [
+        task
+        for task, state in outcome.states.items()
+        if state is TaskState.SKIPPED and outcome.reasons.get(task) == f"its input '{cause}' failed"
+    ]
+    summary = f"task '{cause}' failed: {outcome.reasons.get(cause, 'unknown error')}"
+    if skipped:
+        summary += f"; skipped because of it: {', '.join(skipped)}"
+    others = [task for task in outcome.failed if task != cause]
+    if others:
+        summary += f"; also failed: {', '.join(others)}"
+    return summary
 
 
 def _status_of(outcome: ScheduleOutcome) -> RunStatus:

@@ -9,9 +9,19 @@ that root once, prints its message on one line and exits with ``exit_code``::
     │   ├── SpecError                the spec is empty, missing or unreadable
     │   ├── CrewError                the crew file is invalid (keys, agents, contexts, cycles)
     │   ├── ModelNotFoundError       a model name or path does not resolve
-    │   └── RunNotFoundError         no run matches the id given
-    ├── BackendError                 a model backend failed while answering
+    │   ├── RunNotFoundError         no run matches the id given
+    │   └── RunInUseError            another process is running or resuming that run
+    ├── BackendError                 a model backend failed while answering (not retried)
+    │   └── TransientError           worth retrying: the same request may succeed later
+    │       ├── BackendTimeoutError  the backend did not answer in time
+    │       ├── RateLimitedError     the backend asked us to slow down (may say how long)
+    │       ├── ServerError          the backend failed on its side (HTTP 5xx)
+    │       └── UnparseableOutputError  the answer could not be used (empty, malformed)
+    ├── TaskTimeoutError             a task ran past its wall-clock limit
     └── TaskCancelledError           the run is being cancelled (Ctrl-C, SIGTERM)
+
+Only ``TransientError`` is retried: a bad setting, a missing model or a bug would fail
+the same way again, so retrying it only costs time and money.
 """
 
 from __future__ import annotations
@@ -54,8 +64,40 @@ class RunNotFoundError(UserInputError):
     """No run in the runs folder matches the id given."""
 
 
+class RunInUseError(UserInputError):
+    """Another live process holds the run (it is running or being resumed)."""
+
+
 class BackendError(OrchestrateError):
     """A model backend failed while producing an answer."""
+
+
+class TransientError(BackendError):
+    """A failure that may go away on its own; the scheduler retries it with backoff."""
+
+
+class BackendTimeoutError(TransientError):
+    """The backend did not answer in time."""
+
+
+class RateLimitedError(TransientError):
+    """The backend refused the request for now; ``retry_after`` is its hint in seconds."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ServerError(TransientError):
+    """The backend failed on its side (an HTTP 5xx or a crashed server)."""
+
+
+class UnparseableOutputError(TransientError):
+    """The answer came back but cannot be used (empty, or cut off mid-file)."""
+
+
+class TaskTimeoutError(OrchestrateError):
+    """A task ran longer than its wall-clock limit and was cancelled."""
 
 
 class TaskCancelledError(OrchestrateError):

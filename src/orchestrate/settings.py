@@ -15,6 +15,7 @@ from pydantic_settings import (
 )
 
 from orchestrate.errors import SettingsError, describe_validation_error
+from orchestrate.scheduler.policy import RetryPolicy, TaskPolicy
 
 DEFAULT_MODEL = "embedded:smollm2-135m"
 TOML_FILE = "orchestrate.toml"
@@ -46,6 +47,23 @@ class Settings(BaseSettings):
     max_tokens: int = Field(512, ge=1, le=32768, description="Most tokens one answer may have.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    retry_max_attempts: int = Field(
+        3, ge=1, le=20, description="Tries per task for transient failures (1: no retry)."
+    )
+    retry_base_seconds: float = Field(
+        2.0, ge=0, le=600, description="First backoff between attempts; doubles each time."
+    )
+    retry_cap_seconds: float = Field(60.0, ge=0, le=3600, description="Longest backoff.")
+    task_timeout_seconds: float | None = Field(
+        1800.0, gt=0, le=86400, description="Wall-clock limit per task, all attempts included."
+    )
+    cache: bool = Field(True, description="Reuse earlier answers to identical model calls.")
+    cache_sampled: bool = Field(
+        False, description="Also cache calls made with temperature > 0 (off: they vary)."
+    )
+    cache_max_mb: float = Field(
+        256.0, gt=0, le=1_000_000, description="Size of the response cache before eviction."
+    )
 
     @field_validator("home", "runs_dir", "crew_file", "embedded_model")
     @classmethod
@@ -68,6 +86,23 @@ class Settings(BaseSettings):
     def models_dir(self) -> Path:
         """Cache of converted model weights, shared by every run on the machine."""
         return self.home / "models"
+
+    @property
+    def cache_path(self) -> Path:
+        """The response cache, shared by every run on the machine."""
+        return self.home / "cache" / "responses.sqlite3"
+
+    @property
+    def history_path(self) -> Path:
+        """How long each agent's tasks took in earlier runs, for scheduling estimates."""
+        return self.home / "history.sqlite3"
+
+    def task_policy(self) -> TaskPolicy:
+        """The retry and timeout policy for tasks whose crew file sets none."""
+        retry = RetryPolicy(
+            self.retry_max_attempts, self.retry_base_seconds, self.retry_cap_seconds
+        )
+        return TaskPolicy(retry, self.task_timeout_seconds)
 
 
 def load_settings(**overrides: Any) -> Settings:

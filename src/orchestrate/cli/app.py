@@ -37,6 +37,7 @@ def root(
 
 
 app.command("build")(build_cmd.build)
+app.command("resume")(build_cmd.resume)
 app.command("runs")(runs_cmd.list_runs)
 app.command("show")(runs_cmd.show)
 app.command("tail")(runs_cmd.tail)

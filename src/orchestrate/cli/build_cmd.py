@@ -25,13 +25,19 @@ from orchestrate.cli.common import (
 
 if TYPE_CHECKING:
     import threading
+    from collections.abc import Mapping
 
-    from orchestrate.build import BuildResult
+    from orchestrate.build import BuildOptions, BuildResult, BuildRun
+    from orchestrate.crew.config import TaskConfig
+    from orchestrate.llm.backend import Backend
+    from orchestrate.settings import Settings
 
 
 @reports_errors
 def build(
-    spec: str = typer.Argument(..., help="The spec: text in quotes, or a .md/.yaml file."),
+    spec: str | None = typer.Argument(
+        None, help="The spec: text in quotes, or a .md/.yaml file.", show_default=False
+    ),
     crew: Path | None = typer.Option(None, "--crew", help="Crew YAML (default: bundled crew)."),
     model: str | None = typer.Option(
         None, "--model", help="BACKEND:NAME, e.g. embedded:smollm2-135m or scripted:FILE."
@@ -39,52 +45,162 @@ def build(
     workers: int | None = typer.Option(None, "--workers", help="Tasks run at the same time."),
     out: Path | None = typer.Option(None, "--out", help="Also copy the generated files here."),
     max_tokens: int | None = typer.Option(None, "--max-tokens", help="Most tokens per answer."),
+    fail_fast: bool = typer.Option(
+        False, "--fail-fast", help="Stop the whole run when a task fails for good."
+    ),
+    no_cache: bool = typer.Option(
+        False, "--no-cache", help="Ask the model every time; ignore the response cache."
+    ),
+    resume: str | None = typer.Option(
+        None, "--resume", metavar="RUN_ID", help="Finish an interrupted run instead."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON result, no table."),
 ) -> None:
     """Build a project from SPEC with the crew, running independent tasks in parallel.
 
     Example: orchestrate build examples/specs/notes-api.md --workers 3 --out ./notes
     """
-    from orchestrate.cli.live import LiveTable
     from orchestrate.crew.config import load_crew
     from orchestrate.crew.spec import load_spec
     from orchestrate.errors import UserInputError
-    from orchestrate.llm.backend import create_backend
     from orchestrate.settings import load_settings
 
+    if resume is not None:
+        if spec is not None or crew is not None:
+            raise UserInputError(
+                "--resume continues a run with its own spec and crew; drop SPEC and --crew"
+            )
+        _resume(resume, model, workers, out, fail_fast, no_cache, json_output)
+        return
+    if spec is None:
+        raise UserInputError("give a SPEC (text or a file), or --resume RUN_ID")
     settings = load_settings(model=model, workers=workers, crew_file=crew, max_tokens=max_tokens)
-    if out is not None and out.exists() and not out.is_dir():
-        raise UserInputError(f"--out {out} is a file; give a folder (it is created if missing)")
+    _check_out(out)
     configure_logging(settings.log_level)
     the_spec = load_spec(spec)
     loaded_crew = load_crew(settings.crew_file)
+    backend = _prepare_backend(settings, use_cache=not no_cache)
+    from orchestrate.build import BuildRun
+
+    options = _options(settings, out, fail_fast)
+    view = _progress_view(loaded_crew.config.tasks, quiet=json_output)
+    run = BuildRun.start(the_spec, loaded_crew, backend, options, observer=view)
+    _execute(run, view, json_output)
+
+
+@reports_errors
+def resume(
+    run_id: str = typer.Argument(..., help="The run to finish (a prefix of its id is enough)."),
+    model: str | None = typer.Option(
+        None, "--model", help="Run the unfinished tasks on another model."
+    ),
+    workers: int | None = typer.Option(None, "--workers", help="Tasks run at the same time."),
+    out: Path | None = typer.Option(None, "--out", help="Also copy the generated files here."),
+    fail_fast: bool = typer.Option(
+        False, "--fail-fast", help="Stop the whole run when a task fails for good."
+    ),
+    no_cache: bool = typer.Option(
+        False, "--no-cache", help="Ask the model every time; ignore the response cache."
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON result, no table."),
+) -> None:
+    """Finish an interrupted or failed run: tasks that finished keep their results.
+
+    Example: orchestrate resume 20261203-101500 --workers 2
+    """
+    _resume(run_id, model, workers, out, fail_fast, no_cache, json_output)
+
+
+def _resume(
+    run_id: str,
+    model: str | None,
+    workers: int | None,
+    out: Path | None,
+    fail_fast: bool,
+    no_cache: bool,
+    json_output: bool,
+) -> None:
+    from orchestrate.settings import load_settings
+    from orchestrate.store.runs import RunStatus, RunStore
+
+    settings = load_settings()
+    folder = RunStore(settings.runs_dir).find(run_id)
+    record = folder.load()
+    if record.status is RunStatus.SUCCEEDED:
+        console.print(f"run {record.id} already succeeded; nothing to resume")
+        raise typer.Exit(0)
+    settings = load_settings(
+        model=model or record.model,
+        workers=workers or record.workers,
+        max_tokens=record.max_tokens,
+        temperature=record.temperature,
+    )
+    _check_out(out)
+    configure_logging(settings.log_level)
+    backend = _prepare_backend(settings, use_cache=not no_cache)
+    from orchestrate.build import BuildRun
+
+    crew_tasks = record.crew_config().tasks
+    view = _progress_view(crew_tasks, quiet=json_output)
+    run = BuildRun.resume(folder, backend, _options(settings, out, fail_fast), observer=view)
+    _execute(run, view, json_output)
+
+
+def _check_out(out: Path | None) -> None:
+    from orchestrate.errors import UserInputError
+
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out} is a file; give a folder (it is created if missing)")
+
+
+def _prepare_backend(settings: Settings, *, use_cache: bool) -> Backend:
+    """Build the model backend (behind the response cache) and load its weights."""
+    from orchestrate.llm.backend import create_backend
+
     backend = create_backend(
         settings.model, models_dir=settings.models_dir, embedded_model=settings.embedded_model
     )
+    if use_cache and settings.cache:
+        from orchestrate.llm.cache import CachingBackend, ResponseCache
+
+        cache = ResponseCache(settings.cache_path, max_bytes=int(settings.cache_max_mb * 2**20))
+        backend = CachingBackend(backend, cache, cache_sampled=settings.cache_sampled)
     try:
         with err_console.status(f"Loading CrewAI and {settings.model}…"):
-            from orchestrate.build import BuildOptions, BuildRun
+            import orchestrate.build  # noqa: F401  (imports crewai, the slow part)
 
             backend.prepare()
     except KeyboardInterrupt:
         err_console.print("interrupted before the run started")
         raise typer.Exit(130) from None
+    return backend
 
-    options = BuildOptions(
+
+def _options(settings: Settings, out: Path | None, fail_fast: bool) -> BuildOptions:
+    from orchestrate.build import BuildOptions
+
+    return BuildOptions(
         model=settings.model,
         workers=settings.workers,
         max_tokens=settings.max_tokens,
         temperature=settings.temperature,
         runs_dir=settings.runs_dir,
         out_dir=out,
+        fail_fast=fail_fast,
+        policy=settings.task_policy(),
+        history_path=settings.history_path,
     )
-    agents = {name: task.agent for name, task in loaded_crew.config.tasks.items()}
-    view = _progress_view(agents, quiet=json_output)
-    run = BuildRun(the_spec, loaded_crew, backend, options, observer=view)
+
+
+def _execute(run: BuildRun, view: Any, json_output: bool) -> None:
+    from orchestrate.cli.live import LiveTable
+
     if isinstance(view, LiveTable):
+        verb = "Resuming run" if run.record.resumes else "Run"
+        done = len(run.finished_tasks)
         err_console.print(
-            f"[bold]Run {run.run_id}[/]: {the_spec.title} on {settings.model}, "
-            f"{settings.workers} workers",
+            f"[bold]{verb} {run.run_id}[/]: {run.record.spec_title} on {run.options.model}, "
+            f"{run.options.workers} workers" + (f"; {done} tasks already done" if done else ""),
             highlight=False,
         )
     with _cancel_on_signals(run.cancel, run.folder.path), view:
@@ -96,9 +212,10 @@ def build(
     raise typer.Exit(result.exit_code)
 
 
-def _progress_view(agents: dict[str, str], *, quiet: bool) -> Any:
+def _progress_view(tasks: Mapping[str, TaskConfig], *, quiet: bool) -> Any:
     from orchestrate.cli.live import LiveTable, PlainLog
 
+    agents = {name: task.agent for name, task in tasks.items()}
     if quiet:
         return _Silent()
     if err_console.is_terminal:
@@ -154,9 +271,20 @@ def _result_json(result: BuildResult) -> dict[str, Any]:
         "refused_files": record.refused_files,
         "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens,
+        "llm_calls": record.llm_calls,
+        "cached_calls": record.cached_calls,
         "verdict": record.verdict,
+        "failure": record.failure,
+        "resumes": record.resumes,
         "tasks": {
-            name: {"state": task.state, "seconds": task.seconds, "reason": task.reason}
+            name: {
+                "state": task.state,
+                "seconds": task.seconds,
+                "reason": task.reason,
+                "attempts": task.attempts,
+                "llm_calls": task.llm_calls,
+                "cached_calls": task.cached_calls,
+            }
             for name, task in record.tasks.items()
         },
     }
@@ -171,8 +299,10 @@ def _print_summary(result: BuildResult) -> None:
         f"  makespan {format_seconds(makespan)} vs critical path {format_seconds(critical)}"
         f"{ratio}: {' -> '.join(record.critical_path) or '-'}"
     )
+    cached = f", {record.cached_calls} answered from the cache" if record.cached_calls else ""
     console.print(
-        f"  tokens {record.prompt_tokens} in / {record.completion_tokens} out;"
+        f"  {record.llm_calls} model calls{cached}; "
+        f"tokens {record.prompt_tokens} in / {record.completion_tokens} out;"
         f" {len(record.files)} files written"
         + (f", {len(record.refused_files)} refused" if record.refused_files else "")
     )
@@ -183,9 +313,13 @@ def _print_summary(result: BuildResult) -> None:
     for name, task in record.tasks.items():
         if task.state in {"failed", "skipped", "cancelled"}:
             console.print(f"  {name}: {styled_state(task.state)} - {task.reason}", highlight=False)
+    if record.failure:
+        console.print(f"  [red]root cause[/]: {record.failure}", highlight=False)
     if record.verdict:
         console.print(f"  critic verdict: {record.verdict}")
     console.print(f"  run folder: {result.folder.path}", highlight=False)
+    if record.status.value != "succeeded":
+        console.print(f"  finish it with: orchestrate resume {record.id}", highlight=False)
     if record.out_dir:
         console.print(f"  copied to: {record.out_dir}", highlight=False)
     sys.stdout.flush()

@@ -23,6 +23,7 @@ STATE_STYLES = {
     "pending": "dim",
     "ready": "cyan",
     "running": "yellow",
+    "retrying": "yellow dim",
     "succeeded": "green",
     "failed": "red",
     "skipped": "magenta",

@@ -24,6 +24,11 @@ class _TaskRow:
     tokens: int = 0
     generating: int = 0  # tokens of the answer being generated now
     files: int = 0
+    attempt: int = 1
+    cached: int = 0  # calls answered from the response cache
+
+
+_FINAL_STATES = {"succeeded", "failed", "skipped", "cancelled"}
 
 
 class LiveTable:
@@ -54,13 +59,18 @@ class LiveTable:
                 return
             if event["type"] == "task_state":
                 row.state = event["state"]
-                if row.state == "running":
+                if row.state == "running" and row.started is None:
                     row.started = time.monotonic()
-                elif row.started is not None and row.seconds is None and row.state != "ready":
+                elif row.started is not None and row.state in _FINAL_STATES:
                     row.seconds = time.monotonic() - row.started
+            elif event["type"] == "task_attempt":
+                row.attempt = int(event.get("attempt", 1))
             elif event["type"] == "llm_call":
-                row.tokens += event["prompt_tokens"] + event["completion_tokens"]
                 row.generating = 0
+                if event.get("cached"):
+                    row.cached += 1
+                else:
+                    row.tokens += event["prompt_tokens"] + event["completion_tokens"]
             elif event["type"] == "file_written":
                 row.files += 1
 
@@ -75,10 +85,11 @@ class LiveTable:
             table.add_column(column, justify="right" if column in {"tokens", "files"} else "left")
         with self._lock:
             for task, row in self._rows.items():
+                attempt = f" ({row.attempt})" if row.attempt > 1 else ""
                 table.add_row(
                     task,
                     row.agent,
-                    styled_state(row.state),
+                    styled_state(row.state) + attempt,
                     format_seconds(self._elapsed(row)),
                     self._tokens(row),
                     str(row.files) if row.files else "",
@@ -95,6 +106,8 @@ class LiveTable:
     def _tokens(row: _TaskRow) -> str:
         if row.generating:
             return f"{row.tokens} +{row.generating}"
+        if row.cached and not row.tokens:
+            return "cached"
         return str(row.tokens) if row.tokens else ""
 
 
@@ -124,13 +137,27 @@ def describe_event(event: dict[str, Any]) -> str:
     stamp = str(event.get("ts", ""))[11:19]
     kind = event.get("type")
     task = event.get("task")
-    if kind == "run_started":
+    if kind in ("run_started", "run_resumed"):
+        verb = "started" if kind == "run_started" else "resumed"
+        done = event.get("finished") or []
+        already = f" ({len(done)} tasks already done)" if done else ""
         return (
-            f"{stamp} run {event.get('run')} started: {event.get('spec')} on {event.get('model')}"
+            f"{stamp} run {event.get('run')} {verb}: {event.get('spec')} on "
+            f"{event.get('model')}{already}"
+        )
+    if kind == "task_attempt":
+        return f"{stamp} {task}: attempt {event.get('attempt')} of {event.get('max_attempts')}"
+    if kind == "attempt_failed":
+        retry_in = event.get("retry_in_seconds")
+        then = "giving up" if retry_in is None else f"retrying in {retry_in:.1f}s"
+        return (
+            f"{stamp} {task}: attempt {event.get('attempt')} failed ({event.get('reason')}); {then}"
         )
     if kind == "task_state":
         reason = f" ({event['reason']})" if event.get("reason") else ""
         return f"{stamp} {task}: {event.get('state')}{reason}"
+    if kind == "llm_call" and event.get("cached"):
+        return f"{stamp} {task}: answered from the response cache"
     if kind == "llm_call":
         return (
             f"{stamp} {task}: model call {event.get('seconds')}s, "

@@ -8,6 +8,7 @@ is checked completely before any model is loaded.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
 
@@ -24,12 +25,23 @@ from pydantic import (
 from orchestrate.bundled import default_crew_file
 from orchestrate.crew.graph import TaskGraph
 from orchestrate.errors import CrewError, describe_validation_error
+from orchestrate.scheduler.policy import TaskPolicy
 from orchestrate.workspace.writer import UnsafePathError, check_relative_path
 
 SPEC_PLACEHOLDER = "{spec}"
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 NonEmptyText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
+class RetryConfig(BaseModel):
+    """Retry settings for an agent or a task; a key left out falls through to the next layer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_attempts: int | None = Field(None, ge=1, le=20)
+    base_seconds: float | None = Field(None, ge=0, le=600)
+    cap_seconds: float | None = Field(None, ge=0, le=3600)
 
 
 class AgentConfig(BaseModel):
@@ -40,6 +52,8 @@ class AgentConfig(BaseModel):
     role: NonEmptyText
     goal: NonEmptyText
     backstory: NonEmptyText
+    retry: RetryConfig | None = None
+    timeout_seconds: float | None = Field(None, gt=0, le=86400)
 
 
 class TaskConfig(BaseModel):
@@ -54,6 +68,8 @@ class TaskConfig(BaseModel):
     # A file that receives the whole answer when the answer carries no block for it,
     # as CrewAI's own `output_file` does; it lands in the outputs folder like any file.
     output_file: str | None = None
+    retry: RetryConfig | None = None
+    timeout_seconds: float | None = Field(None, gt=0, le=86400)
 
     @field_validator("output_file")
     @classmethod
@@ -82,6 +98,20 @@ class CrewConfig(BaseModel):
 
     def graph(self) -> TaskGraph:
         return TaskGraph({name: task.context for name, task in self.tasks.items()})
+
+    def policies(self, defaults: TaskPolicy) -> dict[str, TaskPolicy]:
+        """Each task's retry and timeout policy: the task's keys, then its agent's, then
+        ``defaults``."""
+        return {name: self._policy_for(task, defaults) for name, task in self.tasks.items()}
+
+    def _policy_for(self, task: TaskConfig, defaults: TaskPolicy) -> TaskPolicy:
+        agent = self.agents[task.agent]
+        retry = defaults.retry
+        for layer in (agent.retry, task.retry):
+            if layer is not None:
+                retry = replace(retry, **layer.model_dump(exclude_none=True))
+        timeout = task.timeout_seconds or agent.timeout_seconds or defaults.timeout_seconds
+        return TaskPolicy(retry, timeout)
 
 
 class LoadedCrew(NamedTuple):

@@ -31,6 +31,7 @@ class CallRecord:
     seconds: float
     prompt_tokens: int
     completion_tokens: int
+    cached: bool = False
 
 
 class OrchestrateLLM(BaseLLM):
@@ -43,6 +44,7 @@ class OrchestrateLLM(BaseLLM):
     _cancel: threading.Event = PrivateAttr()
     _on_call: Callable[[CallRecord], None] = PrivateAttr()
     _on_progress: Callable[[int], None] | None = PrivateAttr()
+    _read_cache: bool = PrivateAttr()
 
     def __init__(
         self,
@@ -55,6 +57,7 @@ class OrchestrateLLM(BaseLLM):
         cancel: threading.Event,
         on_call: Callable[[CallRecord], None],
         on_progress: Callable[[int], None] | None = None,
+        read_cache: bool = True,
     ) -> None:
         super().__init__(model=backend.name, max_tokens=max_tokens, temperature=temperature)
         self._backend = backend
@@ -63,6 +66,7 @@ class OrchestrateLLM(BaseLLM):
         self._cancel = cancel
         self._on_call = on_call
         self._on_progress = on_progress
+        self._read_cache = read_cache
 
     def call(
         self,
@@ -75,9 +79,9 @@ class OrchestrateLLM(BaseLLM):
         response_model: Any = None,
         **kwargs: Any,
     ) -> str:
-        """Answer a chat request; raise TaskCancelledError once the run is cancelled."""
+        """Answer a chat request; raise TaskCancelledError once the task must stop."""
         if self._cancel.is_set():
-            raise TaskCancelledError("the run was interrupted")
+            raise TaskCancelledError("the task was told to stop")
         request = CompletionRequest(
             messages=to_chat_messages(messages),
             agent=self._agent,
@@ -86,6 +90,7 @@ class OrchestrateLLM(BaseLLM):
             stop=tuple(self.stop_sequences),
             cancel=self._cancel,
             on_progress=self._on_progress,
+            read_cache=self._read_cache,
         )
         started = time.perf_counter()
         completion = self._backend.complete(request)
@@ -97,6 +102,7 @@ class OrchestrateLLM(BaseLLM):
                 seconds=time.perf_counter() - started,
                 prompt_tokens=completion.prompt_tokens,
                 completion_tokens=completion.completion_tokens,
+                cached=completion.cached,
             )
         )
         return completion.text

@@ -29,6 +29,8 @@ class CompletionRequest:
     cancel: threading.Event = field(default_factory=threading.Event)
     # Called with the number of tokens generated so far, for live progress.
     on_progress: Callable[[int], None] | None = None
+    # False on a retry: the cached answer is what the last attempt rejected.
+    read_cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Completion:
     text: str
     prompt_tokens: int
     completion_tokens: int
+    cached: bool = False  # answered from the response cache, not by the model
 
 
 class Backend(Protocol):
@@ -46,6 +49,10 @@ class Backend(Protocol):
 
     @property
     def context_window(self) -> int: ...
+
+    @property
+    def identity(self) -> str:
+        """Names the model and fingerprints its weights: equal identities, equal answers."""
 
     def prepare(self) -> None:
         """Do slow one-time work (loading weights) before the first task starts."""

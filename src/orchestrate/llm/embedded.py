@@ -110,6 +110,11 @@ class EmbeddedBackend:
     def name(self) -> str:
         return self._name
 
+    @property
+    def identity(self) -> str:
+        # Decoding settings that change the answer belong to the identity too.
+        return f"{self._name}:{self._source.cache_key()}:rp{REPETITION_PENALTY}"
+
     def prepare(self) -> None:
         self._model()
 

@@ -14,23 +14,35 @@ to raise, so a crew's behaviour and timing can be reproduced exactly::
           ```
         latency_seconds: 1.0
       devops:
-        error: "simulated outage"
+        error: "simulated outage"   # a permanent failure, never retried
+      qa:
+        answer: "..."
+        fail_first: 2               # the first 2 calls fail transiently, then it answers
+        failure: rate_limit         # timeout | rate_limit | server_error | empty
     default:                    # for agents not listed
       answer: "Nothing to add."
 
-Tokens are counted as whitespace-separated words.
+Tokens are counted as whitespace-separated words. Calls are counted per agent within
+the process, so ``fail_first`` fails the first calls of a run and later ones succeed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import Counter
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from orchestrate.errors import (
     BackendError,
+    BackendTimeoutError,
     ModelNotFoundError,
+    RateLimitedError,
+    ServerError,
     TaskCancelledError,
     describe_validation_error,
 )
@@ -43,6 +55,8 @@ class ScriptedAnswer(BaseModel):
     answer: str | None = None
     error: str | None = None
     latency_seconds: float | None = Field(None, ge=0, le=3600)
+    fail_first: int = Field(0, ge=0, le=1000)
+    failure: Literal["timeout", "rate_limit", "server_error", "empty"] = "server_error"
 
     @model_validator(mode="after")
     def _answer_or_error(self) -> ScriptedAnswer:
@@ -64,20 +78,24 @@ class ScriptedBackend:
 
     context_window = 1_000_000
 
-    def __init__(self, script: Script, source: Path) -> None:
+    def __init__(self, script: Script, source: Path, fingerprint: str = "") -> None:
         self._script = script
         self._source = source
+        self._fingerprint = fingerprint
+        self._calls: Counter[str] = Counter()
+        self._calls_lock = threading.Lock()
 
     @classmethod
     def from_file(cls, path: Path) -> ScriptedBackend:
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            raw = path.read_bytes()
+            data = yaml.safe_load(raw.decode("utf-8"))
         except FileNotFoundError:
             raise ModelNotFoundError(f"scripted model file not found: {path}") from None
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             raise ModelNotFoundError(f"cannot read scripted model file {path}: {exc}") from exc
         try:
-            return cls(Script.model_validate(data), path)
+            return cls(Script.model_validate(data), path, hashlib.sha256(raw).hexdigest())
         except ValidationError as exc:
             problems = describe_validation_error(exc)
             raise ModelNotFoundError(f"scripted model file {path}: {problems}") from exc
@@ -85,6 +103,10 @@ class ScriptedBackend:
     @property
     def name(self) -> str:
         return f"scripted:{self._source}"
+
+    @property
+    def identity(self) -> str:
+        return f"scripted:{self._fingerprint}"
 
     def prepare(self) -> None:
         """Nothing to load."""
@@ -102,9 +124,14 @@ class ScriptedBackend:
         )
         if request.cancel.wait(latency):
             raise TaskCancelledError("cancelled while waiting for the scripted answer")
+        with self._calls_lock:
+            self._calls[request.agent] += 1
+            call_number = self._calls[request.agent]
         if scripted.error is not None:
             raise BackendError(scripted.error)
         text = scripted.answer or ""
+        if call_number <= scripted.fail_first:
+            text = _fail(scripted.failure, call_number)
         completion_tokens = _count_words(text)
         if request.on_progress is not None:
             request.on_progress(completion_tokens)
@@ -112,6 +139,18 @@ class ScriptedBackend:
 
     def count_tokens(self, messages: list[ChatMessage]) -> int:
         return sum(_count_words(message["content"]) for message in messages)
+
+
+def _fail(failure: str, call_number: int) -> str:
+    """Raise the scripted transient failure; an "empty" failure is an empty answer."""
+    where = f"(scripted failure on call {call_number})"
+    if failure == "timeout":
+        raise BackendTimeoutError(f"the model did not answer in time {where}")
+    if failure == "rate_limit":
+        raise RateLimitedError(f"rate limited {where}", retry_after=0.0)
+    if failure == "server_error":
+        raise ServerError(f"HTTP 503 Service Unavailable {where}")
+    return ""
 
 
 def _count_words(text: str) -> int:

@@ -18,8 +18,11 @@ from typing import Any
 
 class EventType(StrEnum):
     RUN_STARTED = "run_started"  # spec title, crew, model, workers
+    RUN_RESUMED = "run_resumed"  # like run_started, plus the tasks already finished
     TASK_STATE = "task_state"  # task, agent, state, and a reason when it failed or was skipped
-    LLM_CALL = "llm_call"  # task, model, seconds, prompt/completion tokens
+    TASK_ATTEMPT = "task_attempt"  # task, attempt number, max attempts: an attempt starts
+    ATTEMPT_FAILED = "attempt_failed"  # task, attempt, reason, retry_in_seconds (None: final)
+    LLM_CALL = "llm_call"  # task, model, seconds, prompt/completion tokens, cached
     FILE_WRITTEN = "file_written"  # task, path, bytes, replaced
     FILE_REFUSED = "file_refused"  # task, path, reason: a generated path we would not write
     BLOCK_PROBLEM = "block_problem"  # task, line, reason: a file block we could not read
@@ -40,7 +43,7 @@ class EventLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._seq = 0
+        self._seq = _last_seq(path)  # a resumed run continues its log
         self._listeners: list[Callable[[Event], None]] = []
         self._stream = path.open("a", encoding="utf-8")
 
@@ -65,6 +68,15 @@ class EventLog:
     def close(self) -> None:
         with self._lock:
             self._stream.close()
+
+
+def _last_seq(path: Path) -> int:
+    if not path.exists():
+        return 0
+    last = 0
+    for event in read_events(path):
+        last = max(last, int(event.get("seq", 0)))
+    return last
 
 
 def read_events(path: Path) -> Iterator[Event]:

@@ -18,7 +18,8 @@ from typing import Any
 import psutil
 from pydantic import BaseModel, Field, ValidationError
 
-from orchestrate.errors import RunNotFoundError, SettingsError
+from orchestrate.crew.config import CrewConfig
+from orchestrate.errors import RunNotFoundError, SettingsError, describe_validation_error
 from orchestrate.store.events import utc_now
 
 
@@ -41,7 +42,9 @@ class TaskRecord(BaseModel):
     seconds: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    llm_calls: int = 0
+    llm_calls: int = 0  # calls answered by the model, failed attempts included
+    cached_calls: int = 0  # calls answered from the response cache
+    attempts: int = 0
     files: list[str] = Field(default_factory=list)
     reason: str | None = None  # why it failed, was skipped or cancelled
 
@@ -59,6 +62,9 @@ class RunRecord(BaseModel):
     crew: dict[str, Any] = Field(default_factory=dict)  # the crew as it ran, agents and tasks
     model: str
     workers: int
+    max_tokens: int | None = None
+    temperature: float | None = None
+    resumes: int = 0  # how many times `orchestrate resume` picked the run up again
     started_at: datetime = Field(default_factory=utc_now)
     ended_at: datetime | None = None
     seconds: float | None = None
@@ -69,6 +75,7 @@ class RunRecord(BaseModel):
     refused_files: list[str] = Field(default_factory=list)
     out_dir: str | None = None
     verdict: str | None = None
+    failure: str | None = None  # the root cause, when the run failed
 
     @property
     def prompt_tokens(self) -> int:
@@ -77,6 +84,23 @@ class RunRecord(BaseModel):
     @property
     def completion_tokens(self) -> int:
         return sum(task.completion_tokens for task in self.tasks.values())
+
+    @property
+    def llm_calls(self) -> int:
+        return sum(task.llm_calls for task in self.tasks.values())
+
+    @property
+    def cached_calls(self) -> int:
+        return sum(task.cached_calls for task in self.tasks.values())
+
+    def crew_config(self) -> CrewConfig:
+        """The crew exactly as this run used it."""
+        try:
+            return CrewConfig.model_validate(self.crew)
+        except ValidationError as exc:
+            raise RunNotFoundError(
+                f"run {self.id} does not record a usable crew: {describe_validation_error(exc)}"
+            ) from exc
 
     def is_live(self) -> bool:
         """True while the process that runs it is still alive."""
@@ -100,6 +124,7 @@ class RunFolder:
         self.events_path = path / "events.jsonl"
         self.tasks_dir = path / "tasks"
         self.outputs_dir = path / "outputs"
+        self.checkpoint_path = path / "checkpoint.sqlite3"
 
     @property
     def run_id(self) -> str:
@@ -107,17 +132,7 @@ class RunFolder:
 
     def save(self, record: RunRecord) -> None:
         """Replace run.json atomically."""
-        payload = record.model_dump_json(indent=2).encode("utf-8")
-        handle, temp_name = tempfile.mkstemp(dir=self.path, prefix=".run-", suffix=".json")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                stream.write(payload)
-                stream.flush()
-                os.fsync(stream.fileno())
-            Path(temp_name).replace(self.run_json)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
+        _replace_atomically(self.run_json, record.model_dump_json(indent=2).encode("utf-8"))
 
     def load(self) -> RunRecord:
         try:
@@ -128,8 +143,24 @@ class RunFolder:
     def write_task_output(self, task: str, text: str) -> Path:
         self.tasks_dir.mkdir(exist_ok=True)
         target = self.tasks_dir / f"{task}.md"
-        target.write_text(text, encoding="utf-8")
+        _replace_atomically(target, text.encode("utf-8"))
         return target
+
+
+def _replace_atomically(target: Path, payload: bytes) -> None:
+    """Write through a temporary file and a rename: readers see old or new, never half.
+
+    No fsync: these files describe the run for people and are rewritten often; what a
+    resume relies on is the checkpoint, which is synced on every commit.
+    """
+    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(payload)
+        Path(temp_name).replace(target)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
 
 
 class RunStore:
