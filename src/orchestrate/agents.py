@@ -7,6 +7,7 @@ own Agent, because one CrewAI agent cannot run two tasks at once.
 
 from __future__ import annotations
 
+import logging
 import os
 from functools import cache
 from typing import Any
@@ -36,6 +37,9 @@ def load_crewai() -> Any:
 
     # Our own live view reports progress; CrewAI's panels would tear through it.
     EventListener().formatter.verbose = False
+    # A failed model call is an event of ours already; CrewAI's flow runtime would also
+    # log it at ERROR across the live table.
+    logging.getLogger("crewai.flow.runtime").setLevel(logging.CRITICAL)
     return crewai
 
 

@@ -305,6 +305,7 @@ class BuildRun(ExecutionListener):
             prompt_tokens=call.prompt_tokens,
             completion_tokens=call.completion_tokens,
             cached=call.cached,
+            error=call.error,
         )
         with self._lock:
             record = self.record.tasks[call.task]

@@ -10,6 +10,7 @@ import typer
 
 from orchestrate import __version__
 from orchestrate.cli import build_cmd, doctor_cmd, graph_cmd, runs_cmd
+from orchestrate.cli.cache_cmd import cache_app
 
 app = typer.Typer(
     name="orchestrate",
@@ -43,6 +44,7 @@ app.command("show")(runs_cmd.show)
 app.command("tail")(runs_cmd.tail)
 app.command("graph")(graph_cmd.graph)
 app.command("doctor")(doctor_cmd.doctor)
+app.add_typer(cache_app, name="cache")
 
 
 def main() -> None:

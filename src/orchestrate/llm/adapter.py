@@ -17,8 +17,8 @@ from typing import Any
 from crewai.llms.base_llm import BaseLLM
 from pydantic import PrivateAttr
 
-from orchestrate.errors import TaskCancelledError
-from orchestrate.llm.backend import Backend, ChatMessage, CompletionRequest
+from orchestrate.errors import TaskCancelledError, UnparseableOutputError
+from orchestrate.llm.backend import Backend, ChatMessage, Completion, CompletionRequest
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class CallRecord:
     prompt_tokens: int
     completion_tokens: int
     cached: bool = False
+    error: str | None = None  # the call failed; no answer came back
 
 
 class OrchestrateLLM(BaseLLM):
@@ -93,19 +94,40 @@ class OrchestrateLLM(BaseLLM):
             read_cache=self._read_cache,
         )
         started = time.perf_counter()
-        completion = self._backend.complete(request)
+        try:
+            completion = self._backend.complete(request)
+        except TaskCancelledError:
+            raise
+        except Exception as exc:
+            self._report(started, error=f"{type(exc).__name__}: {exc}")
+            raise
+        self._report(started, completion=completion)
+        if not completion.text.strip():
+            # CrewAI would raise a bare ValueError; ours says the answer is worth retrying.
+            raise UnparseableOutputError("the model returned an empty answer")
+        return completion.text
+
+    # CrewAI wraps every BaseLLM subclass's `call` in its own rate-limit retry: up to
+    # three tries with uninterruptible sleeps, invisible to the run. Retries belong to
+    # the scheduler, which backs off without holding a worker, honours cancellation and
+    # records each attempt, so this marker (CrewAI's own) opts out of the wrapper.
+    setattr(call, "_crewai_rate_limit_wrapped", True)  # noqa: B010
+
+    def _report(
+        self, started: float, *, completion: Completion | None = None, error: str | None = None
+    ) -> None:
         self._on_call(
             CallRecord(
                 task=self._task,
                 agent=self._agent,
                 model=self._backend.name,
                 seconds=time.perf_counter() - started,
-                prompt_tokens=completion.prompt_tokens,
-                completion_tokens=completion.completion_tokens,
-                cached=completion.cached,
+                prompt_tokens=completion.prompt_tokens if completion else 0,
+                completion_tokens=completion.completion_tokens if completion else 0,
+                cached=completion.cached if completion else False,
+                error=error,
             )
         )
-        return completion.text
 
     def supports_function_calling(self) -> bool:
         return False
