@@ -40,7 +40,7 @@ test: lint typecheck
 
 bench: install
 	$(BIN)/python bench/cli_startup.py
-	$(BIN)/python bench/crew_makespan.py
+	$(BIN)/python bench/scheduler.py
 
 clean:
 	rm -rf $(VENV) runs $(DEMO_OUT) .mypy_cache .ruff_cache .pytest_cache

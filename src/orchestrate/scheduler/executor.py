@@ -12,9 +12,10 @@ listener. Around that it owns the run's fault handling:
 - on cancellation nothing new starts, running attempts are told to stop, and any that
   do not within the grace period are abandoned.
 
-Attempts run on daemon threads, one each, rather than in a ``ThreadPoolExecutor``: the
-pool joins its threads at interpreter exit, so one model call that ignores cancellation
-would keep Ctrl-C from exiting. An abandoned attempt's late result is ignored.
+Attempts run on a pool of daemon threads rather than a ``ThreadPoolExecutor``, which
+joins its threads at interpreter exit: one model call that ignores cancellation would
+keep Ctrl-C from exiting. A worker stuck in an abandoned attempt is replaced, and the
+attempt's late result is ignored.
 """
 
 from __future__ import annotations
@@ -135,6 +136,15 @@ class DagExecutor(Generic[Result]):
     def run(self, cancel: threading.Event | None = None) -> ScheduleOutcome:
         """Run every task that can run; return once none is running or waiting."""
         self._cancel = cancel or threading.Event()
+        self._pool = _DaemonPool(self._workers, self._work)
+        try:
+            self._schedule()
+        finally:
+            self._pool.shutdown()
+        self._outcome.cancelled = self._cancel.is_set()
+        return self._outcome
+
+    def _schedule(self) -> None:
         self._restore_done()
         while True:
             now = time.monotonic()
@@ -145,9 +155,7 @@ class DagExecutor(Generic[Result]):
             self._expire(now)
             if not self._running and (self._stop_reason is not None or not self._backoff):
                 break
-            self._settle_next(self._wait_seconds(now))
-        self._outcome.cancelled = self._cancel.is_set()
-        return self._outcome
+            self._settle_results(self._wait_seconds(now))
 
     def _notice_cancel(self, now: float) -> None:
         if self._cancel.is_set() and self._stop_reason is None:
@@ -178,10 +186,7 @@ class DagExecutor(Generic[Result]):
         self._running[task] = _Running(attempt, started + timeout if timeout else None)
         self._set(task, TaskState.RUNNING)
         self._listener.on_attempt(task, number, self._policy(task).retry.max_attempts)
-        worker = threading.Thread(
-            target=self._work, args=(attempt,), name=f"task-{task}", daemon=True
-        )
-        worker.start()
+        self._pool.submit(attempt)
 
     def _work(self, attempt: TaskAttempt) -> None:
         try:
@@ -200,11 +205,16 @@ class DagExecutor(Generic[Result]):
         soonest = min(moments, default=now + _POLL_SECONDS)
         return max(0.0, min(soonest - now, _POLL_SECONDS))
 
-    def _settle_next(self, timeout: float) -> None:
+    def _settle_results(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for a result, then take every result already there."""
         try:
-            attempt, error, result = self._results.get(timeout=timeout)
+            self._settle(*self._results.get(timeout=timeout))
+            while True:
+                self._settle(*self._results.get_nowait())
         except queue.Empty:
             return
+
+    def _settle(self, attempt: TaskAttempt, error: BaseException | None, result: Any) -> None:
         entry = self._running.get(attempt.task)
         if entry is None or entry.attempt is not attempt:
             logger.debug("ignoring the late end of abandoned %s", attempt)
@@ -290,6 +300,7 @@ class DagExecutor(Generic[Result]):
         entry = self._running.pop(task, None)
         if entry is not None:
             entry.attempt.cancel.set()
+            self._pool.replace_stuck_worker()
 
     def _stop(self, reason: str, now: float) -> None:
         """Start nothing more, tell running attempts to stop, cancel the waiting tasks."""
@@ -323,6 +334,36 @@ class DagExecutor(Generic[Result]):
 
 
 _DEFAULT_POLICY = TaskPolicy()
+
+
+class _DaemonPool:
+    """Daemon worker threads taking attempts from a queue, as many as there are workers."""
+
+    def __init__(self, size: int, work: Callable[[TaskAttempt], None]) -> None:
+        self._jobs: queue.SimpleQueue[TaskAttempt | None] = queue.SimpleQueue()
+        self._work = work
+        self._size = 0
+        for _ in range(size):
+            self._spawn()
+
+    def submit(self, attempt: TaskAttempt) -> None:
+        self._jobs.put(attempt)
+
+    def replace_stuck_worker(self) -> None:
+        """An abandoned attempt may never return; keep the pool at full strength."""
+        self._spawn()
+
+    def shutdown(self) -> None:
+        for _ in range(self._size):
+            self._jobs.put(None)  # stuck workers never read theirs; they are daemons
+
+    def _spawn(self) -> None:
+        self._size += 1
+        threading.Thread(target=self._serve, name="task-worker", daemon=True).start()
+
+    def _serve(self) -> None:
+        while (attempt := self._jobs.get()) is not None:
+            self._work(attempt)
 
 
 def describe_error(error: BaseException) -> str:
