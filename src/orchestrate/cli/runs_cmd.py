@@ -91,7 +91,8 @@ def show(
         highlight=False,
     )
     table = Table(header_style="bold", box=None)
-    for column in ("task", "agent", "state", "start", "time", "tokens in/out", "calls", "files"):
+    columns = ("task", "agent", "state", "start", "time", "tries", "tokens in/out", "calls")
+    for column in (*columns, "files"):
         table.add_column(column)
     for name, task in record.tasks.items():
         offset = (
@@ -105,8 +106,9 @@ def show(
             styled_state(task.state),
             f"+{offset}" if task.started_at else "-",
             format_seconds(task.seconds),
+            str(task.attempts or "-"),
             f"{task.prompt_tokens}/{task.completion_tokens}",
-            str(task.llm_calls),
+            f"{task.llm_calls}" + (f" +{task.cached_calls} cached" if task.cached_calls else ""),
             ", ".join(task.files) or (task.reason or ""),
         )
     console.print(table)
@@ -115,6 +117,10 @@ def show(
         f"{len(record.files)} files; verdict {record.verdict or '-'}",
         highlight=False,
     )
+    if record.failure:
+        console.print(f"  [red]root cause[/]: {record.failure}", highlight=False)
+    if record.resumes:
+        console.print(f"  resumed {record.resumes} time(s)")
     for path in record.refused_files:
         console.print(f"  refused: {path!r}", highlight=False)
     console.print(f"  folder: {folder.path}", highlight=False)
