@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,18 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_SCRIPT = REPO / "examples" / "scripted" / "todo.yaml"
 EXAMPLE_SPEC = REPO / "examples" / "specs" / "todo-cli.yaml"
+
+DEADLINE_SECONDS = 60
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    """Poll a condition that another process makes true; fail loudly after a deadline."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
 
 # The bundled crew's tasks and the tasks each one reads from (config/crew.yaml).
 BUNDLED_CREW_CONTEXTS = {

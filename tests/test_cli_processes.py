@@ -7,26 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import EXAMPLE_SCRIPT, EXAMPLE_SPEC
+from conftest import DEADLINE_SECONDS, EXAMPLE_SCRIPT, EXAMPLE_SPEC, wait_for
 from orchestrate.cli.app import app
-
-DEADLINE_SECONDS = 60
-
-
-def wait_for(condition, what: str) -> None:
-    """Poll a condition that another process makes true; fail loudly after a deadline."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def running_tasks(runs: Path) -> set[str]:

@@ -11,28 +11,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import yaml
 from typer.testing import CliRunner
 
-from conftest import EXAMPLE_SCRIPT, EXAMPLE_SPEC
+from conftest import DEADLINE_SECONDS, EXAMPLE_SCRIPT, EXAMPLE_SPEC, wait_for
 from orchestrate.cli.app import app
 from orchestrate.store.events import read_events
 
-DEADLINE_SECONDS = 60
 runner = CliRunner()
-
-
-def wait_for(condition, what: str) -> None:
-    """Poll a condition that another process makes true; fail loudly after a deadline."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def task_states(runs: Path) -> dict[str, str]:
