@@ -13,19 +13,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from orchestrate.agents import run_crew_task
 from orchestrate.crew.config import LoadedCrew
 from orchestrate.crew.spec import Spec
+from orchestrate.errors import SecretFoundError, WriteRefusedError
 from orchestrate.llm.adapter import CallRecord, OrchestrateLLM
 from orchestrate.llm.backend import Backend
+from orchestrate.safety.guards import SafetyGuards
 from orchestrate.scheduler.executor import DagExecutor, ScheduleOutcome
 from orchestrate.scheduler.lifecycle import TaskState
 from orchestrate.store.events import Event, EventLog, EventType, utc_now
 from orchestrate.store.runs import RunFolder, RunRecord, RunStatus, RunStore, TaskRecord
 from orchestrate.workspace.blocks import parse_file_blocks
-from orchestrate.workspace.writer import UnsafePathError, Workspace
+from orchestrate.workspace.staging import MergeResult, StagingAreas
+from orchestrate.workspace.writer import Workspace, WrittenFile
 
 EXIT_CODES = {RunStatus.SUCCEEDED: 0, RunStatus.FAILED: 1, RunStatus.INTERRUPTED: 130}
 _VERDICT = re.compile(
@@ -71,13 +74,18 @@ class BuildRun:
         backend: Backend,
         options: BuildOptions,
         observer: BuildObserver | None = None,
+        guards: SafetyGuards | None = None,
     ) -> None:
         self.spec, self.backend = spec, backend
         self.crew, self.graph = crew.config, crew.graph
         self.options = options
+        self.guards = guards or SafetyGuards()
         self.cancel = threading.Event()
         self.folder = RunStore(options.runs_dir).create()
-        self.workspace = Workspace(self.folder.outputs_dir)
+        self.workspace = Workspace(self.folder.outputs_dir, lock_dir=self.guards.lock_dir)
+        self.staging = StagingAreas(
+            self.folder.path / "staging", self.workspace, scanner=self.guards.scanner
+        )
         self.events = EventLog(self.folder.events_path)
         if observer is not None:
             self.events.subscribe(observer.on_event)
@@ -124,6 +132,7 @@ class BuildRun:
             self._run_task,
             workers=self.options.workers,
             on_transition=self._on_transition,
+            worker_limit=self.guards.worker_limit,
         )
         try:
             outcome = executor.run(self.cancel)
@@ -148,18 +157,24 @@ class BuildRun:
             cancel=self.cancel,
             on_call=self._on_call,
             on_progress=self._progress_reporter(name),
+            spend_guard=self.guards.spend_guard,
         )
-        answer = run_crew_task(
-            task,
-            self.crew.agents[task.agent],
-            spec_text=self.spec.text,
-            context=self._context_for(name),
-            llm=llm,
-        )
-        self.folder.write_task_output(name, answer)
+        try:
+            answer = run_crew_task(
+                task,
+                self.crew.agents[task.agent],
+                spec_text=self.spec.text,
+                context=self._context_for(name),
+                llm=llm,
+            )
+            self.folder.write_task_output(name, answer)
+            self._write_files(name, answer, task.output_file)
+        except BaseException:
+            self.staging.discard(name)  # a failed task's partial files never reach outputs/
+            raise
         with self._lock:
             self._outputs[name] = answer
-        self._write_files(name, answer, task.output_file)
+        self._record_merge(name, self.staging.merge(name))
 
     def _context_for(self, name: str) -> str:
         sections = []
@@ -184,23 +199,56 @@ class BuildRun:
                 path=problem.path,
                 reason=problem.reason,
             )
+        area = self.staging.area(task)
         for path, content in blocks:
             try:
-                written = self.workspace.write(path, content)
-            except UnsafePathError as exc:
-                self.events.emit(EventType.FILE_REFUSED, task=task, path=path, reason=str(exc))
-                with self._lock:
-                    self.record.refused_files.append(path)
+                staged = area.write(path, content)
+            except WriteRefusedError as exc:
+                if isinstance(exc, SecretFoundError):
+                    self._secret_event(task, path, "refused", exc.findings)
+                self._refused(task, path, str(exc))
                 continue
+            if staged.findings:
+                self._secret_event(task, staged.path, "redacted", staged.findings)
+
+    def _record_merge(self, task: str, merged: MergeResult) -> None:
+        for path, reason in merged.refused:
+            self._refused(task, path, reason)
+        for conflict in merged.conflicts:
             self.events.emit(
-                EventType.FILE_WRITTEN,
+                EventType.FILE_CONFLICT,
                 task=task,
-                path=written.path,
-                bytes=written.size_bytes,
-                replaced=written.replaced,
+                path=conflict.path,
+                winner=conflict.winner,
+                loser=conflict.loser,
             )
-            with self._lock:
-                self.record.tasks[task].files.append(written.path)
+        for written in merged.written:
+            self._file_written(task, written)
+
+    def _file_written(self, task: str, written: WrittenFile) -> None:
+        self.events.emit(
+            EventType.FILE_WRITTEN,
+            task=task,
+            path=written.path,
+            bytes=written.size_bytes,
+            replaced=written.replaced,
+        )
+        with self._lock:
+            self.record.tasks[task].files.append(written.path)
+
+    def _refused(self, task: str, path: str, reason: str) -> None:
+        self.events.emit(EventType.FILE_REFUSED, task=task, path=path, reason=reason)
+        with self._lock:
+            self.record.refused_files.append(path)
+
+    def _secret_event(self, task: str, path: str, action: str, findings: tuple[Any, ...]) -> None:
+        self.events.emit(
+            EventType.SECRET_FOUND,
+            task=task,
+            path=path,
+            action=action,
+            findings=[finding.as_event() for finding in findings],
+        )
 
     def _on_call(self, call: CallRecord) -> None:
         self.events.emit(
@@ -211,6 +259,7 @@ class BuildRun:
             seconds=round(call.seconds, 3),
             prompt_tokens=call.prompt_tokens,
             completion_tokens=call.completion_tokens,
+            cost=call.cost,
         )
         with self._lock:
             record = self.record.tasks[call.task]
@@ -287,12 +336,12 @@ class BuildRun:
 
     def _copy_outputs(self, out_dir: Path) -> Path:
         """Copy the generated files to --out through the same confined writer."""
-        destination = Workspace(out_dir)
+        destination = Workspace(out_dir, lock_dir=self.guards.lock_dir)
         for relative in self.workspace.files():
             source = self.workspace.root / relative
             try:
                 destination.write(relative, source.read_text(encoding="utf-8"))
-            except (UnsafePathError, UnicodeDecodeError) as exc:
+            except (WriteRefusedError, UnicodeDecodeError) as exc:
                 self.events.emit(
                     EventType.FILE_REFUSED, task=None, path=relative, reason=f"--out: {exc}"
                 )

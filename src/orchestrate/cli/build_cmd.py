@@ -50,6 +50,7 @@ def build(
     from orchestrate.crew.spec import load_spec
     from orchestrate.errors import UserInputError
     from orchestrate.llm.backend import create_backend
+    from orchestrate.safety.guards import build_guards
     from orchestrate.settings import load_settings
 
     settings = load_settings(model=model, workers=workers, crew_file=crew, max_tokens=max_tokens)
@@ -61,6 +62,7 @@ def build(
     backend = create_backend(
         settings.model, models_dir=settings.models_dir, embedded_model=settings.embedded_model
     )
+    guards = build_guards(settings)
     try:
         with err_console.status(f"Loading CrewAI and {settings.model}…"):
             from orchestrate.build import BuildOptions, BuildRun
@@ -80,7 +82,7 @@ def build(
     )
     agents = {name: task.agent for name, task in loaded_crew.config.tasks.items()}
     view = _progress_view(agents, quiet=json_output)
-    run = BuildRun(the_spec, loaded_crew, backend, options, observer=view)
+    run = BuildRun(the_spec, loaded_crew, backend, options, observer=view, guards=guards)
     if isinstance(view, LiveTable):
         err_console.print(
             f"[bold]Run {run.run_id}[/]: {the_spec.title} on {settings.model}, "

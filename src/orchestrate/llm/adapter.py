@@ -19,6 +19,7 @@ from pydantic import PrivateAttr
 
 from orchestrate.errors import TaskCancelledError
 from orchestrate.llm.backend import Backend, ChatMessage, CompletionRequest
+from orchestrate.safety.spend import SpendGuard, SpentCall
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class CallRecord:
     seconds: float
     prompt_tokens: int
     completion_tokens: int
+    cost: float = 0.0  # in the budget's currency; 0 for local models
 
 
 class OrchestrateLLM(BaseLLM):
@@ -43,6 +45,7 @@ class OrchestrateLLM(BaseLLM):
     _cancel: threading.Event = PrivateAttr()
     _on_call: Callable[[CallRecord], None] = PrivateAttr()
     _on_progress: Callable[[int], None] | None = PrivateAttr()
+    _spend_guard: SpendGuard | None = PrivateAttr()
 
     def __init__(
         self,
@@ -55,6 +58,7 @@ class OrchestrateLLM(BaseLLM):
         cancel: threading.Event,
         on_call: Callable[[CallRecord], None],
         on_progress: Callable[[int], None] | None = None,
+        spend_guard: SpendGuard | None = None,
     ) -> None:
         super().__init__(model=backend.name, max_tokens=max_tokens, temperature=temperature)
         self._backend = backend
@@ -63,6 +67,7 @@ class OrchestrateLLM(BaseLLM):
         self._cancel = cancel
         self._on_call = on_call
         self._on_progress = on_progress
+        self._spend_guard = spend_guard
 
     def call(
         self,
@@ -88,18 +93,25 @@ class OrchestrateLLM(BaseLLM):
             on_progress=self._on_progress,
         )
         started = time.perf_counter()
-        completion = self._backend.complete(request)
+        spent = self._complete(request)
         self._on_call(
             CallRecord(
                 task=self._task,
                 agent=self._agent,
-                model=self._backend.name,
+                model=spent.model,
                 seconds=time.perf_counter() - started,
-                prompt_tokens=completion.prompt_tokens,
-                completion_tokens=completion.completion_tokens,
+                prompt_tokens=spent.completion.prompt_tokens,
+                completion_tokens=spent.completion.completion_tokens,
+                cost=spent.cost,
             )
         )
-        return completion.text
+        return spent.completion.text
+
+    def _complete(self, request: CompletionRequest) -> SpentCall:
+        """Answer through the budget when there is one: reserve, call, settle."""
+        if self._spend_guard is None:
+            return SpentCall(self._backend.complete(request), self._backend.name, 0.0)
+        return self._spend_guard.complete(self._backend, request, task=self._task)
 
     def supports_function_calling(self) -> bool:
         return False

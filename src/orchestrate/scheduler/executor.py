@@ -46,6 +46,7 @@ class DagExecutor:
         workers: int,
         on_transition: TransitionListener | None = None,
         priority: Mapping[str, float] | None = None,
+        worker_limit: Callable[[], int] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -57,6 +58,8 @@ class DagExecutor:
         self._order = {task: index for index, task in enumerate(graph.tasks)}
         self._outcome = ScheduleOutcome({task: TaskState.PENDING for task in graph.tasks})
         self._ready: list[str] = []
+        # Asked before each start (the budget limiter); it can only lower ``workers``.
+        self._worker_limit = worker_limit
 
     def run(self, cancel: threading.Event | None = None) -> ScheduleOutcome:
         """Run every task; return when none is running and none can start."""
@@ -80,11 +83,16 @@ class DagExecutor:
         return self._outcome
 
     def _start_ready(self, pool: ThreadPoolExecutor, running: dict[Future[None], str]) -> None:
-        while self._ready and len(running) < self._workers:
+        while self._ready and len(running) < self._current_limit():
             self._ready.sort(key=lambda task: (-self._priority.get(task, 0.0), self._order[task]))
             task = self._ready.pop(0)
             self._set(task, TaskState.RUNNING)
             running[pool.submit(self._run_task, task)] = task
+
+    def _current_limit(self) -> int:
+        if self._worker_limit is None:
+            return self._workers
+        return max(1, min(self._workers, self._worker_limit()))
 
     def _settle(self, task: str, future: Future[None], cancel: threading.Event) -> None:
         error = future.exception()
