@@ -148,14 +148,18 @@ class Workspace:
         ]
         return sorted(found)
 
-    @contextlib.contextmanager
-    def _locked(self, target: Path) -> Iterator[None]:
-        """Hold the in-process and the cross-process lock of the target's stripe."""
+    def lock_path(self, target: Path) -> Path:
+        """The lock file guarding ``target``: one of LOCK_STRIPES, chosen by its path."""
         # The resolved folder, so two names for one file (an in-root symlink) share a lock.
         identity = str(target.parent.resolve() / target.name)
         digest = hashlib.blake2b(identity.encode(), digest_size=8).digest()
         stripe = int.from_bytes(digest, "big") % LOCK_STRIPES
-        lock_path = self.lock_dir / f"write-{stripe:03d}.lock"
+        return self.lock_dir / f"write-{stripe:03d}.lock"
+
+    @contextlib.contextmanager
+    def _locked(self, target: Path) -> Iterator[None]:
+        """Hold the in-process and the cross-process lock of the target's stripe."""
+        lock_path = self.lock_path(target)
         with _thread_lock(lock_path):
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
