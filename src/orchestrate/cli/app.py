@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from orchestrate import __version__
-from orchestrate.cli import build_cmd, doctor_cmd, graph_cmd, runs_cmd
+from orchestrate.cli import budget_cmd, build_cmd, doctor_cmd, gpu_cmd, graph_cmd, runs_cmd
 
 app = typer.Typer(
     name="orchestrate",
@@ -42,6 +42,8 @@ app.command("show")(runs_cmd.show)
 app.command("tail")(runs_cmd.tail)
 app.command("graph")(graph_cmd.graph)
 app.command("doctor")(doctor_cmd.doctor)
+app.command("budget")(budget_cmd.budget)
+app.command("gpu")(gpu_cmd.gpu)
 
 
 def main() -> None:

@@ -50,6 +50,7 @@ def build(
     from orchestrate.crew.spec import load_spec
     from orchestrate.errors import UserInputError
     from orchestrate.llm.backend import create_backend
+    from orchestrate.safety.gpu import GpuLeaseManager
     from orchestrate.safety.guards import build_guards
     from orchestrate.settings import load_settings
 
@@ -60,7 +61,10 @@ def build(
     the_spec = load_spec(spec)
     loaded_crew = load_crew(settings.crew_file)
     backend = create_backend(
-        settings.model, models_dir=settings.models_dir, embedded_model=settings.embedded_model
+        settings.model,
+        models_dir=settings.models_dir,
+        embedded_model=settings.embedded_model,
+        leases=GpuLeaseManager.from_settings(settings),
     )
     guards = build_guards(settings)
     try:

@@ -10,9 +10,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from orchestrate.errors import ModelNotFoundError
+
+if TYPE_CHECKING:
+    from orchestrate.safety.gpu import GpuLeaseManager
 
 ChatMessage = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": ...}
 
@@ -69,8 +72,17 @@ def parse_model_name(model: str) -> tuple[str, str]:
     return backend, name
 
 
-def create_backend(model: str, *, models_dir: Path, embedded_model: Path | None = None) -> Backend:
-    """Build the backend a model name asks for; nothing heavy is loaded yet."""
+def create_backend(
+    model: str,
+    *,
+    models_dir: Path,
+    embedded_model: Path | None = None,
+    leases: GpuLeaseManager | None = None,
+) -> Backend:
+    """Build the backend a model name asks for; nothing heavy is loaded yet.
+
+    With ``leases``, a local model holds a device lease around each generation.
+    """
     backend, name = parse_model_name(model)
     if backend == "scripted":
         from orchestrate.llm.scripted import ScriptedBackend
@@ -79,4 +91,4 @@ def create_backend(model: str, *, models_dir: Path, embedded_model: Path | None 
     from orchestrate.llm.embedded import EmbeddedBackend, locate_embedded_model
 
     source = locate_embedded_model(name, override=embedded_model)
-    return EmbeddedBackend(model, source, models_dir)
+    return EmbeddedBackend(model, source, models_dir, leases=leases)

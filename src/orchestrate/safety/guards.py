@@ -74,9 +74,13 @@ def _fallback_factory(settings: Settings, pricing: Pricing) -> Callable[[], Back
 
     def create() -> Backend:
         from orchestrate.llm.backend import create_backend
+        from orchestrate.safety.gpu import GpuLeaseManager
 
         return create_backend(
-            fallback, models_dir=settings.models_dir, embedded_model=settings.embedded_model
+            fallback,
+            models_dir=settings.models_dir,
+            embedded_model=settings.embedded_model,
+            leases=GpuLeaseManager.from_settings(settings),
         )
 
     return create
