@@ -155,11 +155,11 @@ def test_a_failed_tasks_partial_files_never_reach_outputs(isolated: Path, monkey
         runs.append(self)
         return real_execute(self)
 
-    def failing_after_a_write(task, agent, *, spec_text, context, llm):
+    def failing_after_a_write(task, agent, **kwargs):
         if task.agent == "devops":
             runs[-1].staging.area("deploy").write("Dockerfile", "FROM half-written\n")
             raise BackendError("the model went away after writing one file")
-        return real_run_task(task, agent, spec_text=spec_text, context=context, llm=llm)
+        return real_run_task(task, agent, **kwargs)
 
     monkeypatch.setattr(build_module.BuildRun, "execute", remembering_execute)
     monkeypatch.setattr(build_module, "run_crew_task", failing_after_a_write)

@@ -166,6 +166,7 @@ class BuildRun:
                 spec_text=self.spec.text,
                 context=self._context_for(name),
                 llm=llm,
+                tools=self._tools_for(name, llm),
             )
             self.folder.write_task_output(name, answer)
             self._write_files(name, answer, task.output_file)
@@ -175,6 +176,14 @@ class BuildRun:
         with self._lock:
             self._outputs[name] = answer
         self._record_merge(name, self.staging.merge(name))
+
+    def _tools_for(self, task: str, llm: OrchestrateLLM) -> list[Any]:
+        """File tools on the task's staging area, for a model that calls tools."""
+        if not llm.supports_function_calling():
+            return []
+        from orchestrate.workspace.tools import workspace_tools
+
+        return list(workspace_tools(self.staging.area(task)))
 
     def _context_for(self, name: str) -> str:
         sections = []

@@ -58,22 +58,38 @@ class Reservation:
 
 @dataclass(frozen=True)
 class DaySpend:
-    """Today's totals, in the currency's units."""
+    """Today's totals, kept in millionths and shown in the currency's units."""
 
     day: str
     currency: str
-    budget: float
-    spent: float  # settled and abandoned calls
-    reserved: float  # calls in flight, at their worst case
+    budget_micros: int
+    spent_micros: int  # settled and abandoned calls
+    reserved_micros: int  # calls in flight, at their worst case
     calls: int
 
     @property
+    def remaining_micros(self) -> int:
+        return max(0, self.budget_micros - self.spent_micros - self.reserved_micros)
+
+    @property
+    def budget(self) -> float:
+        return self.budget_micros / MICROS
+
+    @property
+    def spent(self) -> float:
+        return self.spent_micros / MICROS
+
+    @property
+    def reserved(self) -> float:
+        return self.reserved_micros / MICROS
+
+    @property
     def remaining(self) -> float:
-        return max(0.0, self.budget - self.spent - self.reserved)
+        return self.remaining_micros / MICROS
 
     @property
     def remaining_share(self) -> float:
-        return self.remaining / self.budget if self.budget > 0 else 0.0
+        return self.remaining_micros / self.budget_micros if self.budget_micros > 0 else 0.0
 
 
 def utc_day() -> str:
@@ -149,12 +165,7 @@ class BudgetLedger:
             connection.execute("ROLLBACK")
             raise
         return DaySpend(
-            day,
-            self.currency,
-            self.budget_micros / MICROS,
-            spent / MICROS,
-            reserved / MICROS,
-            int(calls),
+            day, self.currency, self.budget_micros, int(spent), int(reserved), int(calls)
         )
 
     def remaining_share(self) -> float:
