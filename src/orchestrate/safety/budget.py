@@ -223,10 +223,13 @@ class BudgetLedger:
 def process_alive(pid: int, started: float) -> bool:
     """True while the process that recorded (pid, start time) still runs."""
     try:
-        created = float(psutil.Process(pid).create_time())
+        process = psutil.Process(pid)
+        created = float(process.create_time())
+        # A killed child its parent has not reaped yet is a zombie: dead, though listed.
+        zombie = process.status() == psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
-    return abs(created - started) < 0.01
+    return abs(created - started) < 0.01 and not zombie
 
 
 @functools.cache

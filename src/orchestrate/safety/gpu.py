@@ -41,7 +41,8 @@ from orchestrate.safety.budget import process_alive
 logger = logging.getLogger(__name__)
 
 MIB = 1024**2
-POLL_SECONDS = (0.002, 0.05)  # first and longest pause between looks at the queue
+POLL_SECONDS = (0.001, 0.01)  # first and longest pause between looks at the queue
+ALIVE_CACHE_SECONDS = 0.1  # how long another process's liveness check is trusted
 
 
 @dataclass(frozen=True)
@@ -202,9 +203,10 @@ class GpuLeaseManager:
                 f"{capacity.capacity_mib} MiB ({capacity.total_mib} MiB from {capacity.source} "
                 f"minus the safety margin)"
             )
-        entry = self._enqueue(holder, device, max(0, mib), priority)
+        entry, granted = self._enqueue(holder, device, max(0, mib), priority, capacity.capacity_mib)
         try:
-            granted = self._wait_for_turn(entry, capacity, timeout or self.timeout)
+            if granted is None:
+                granted = self._wait_for_turn(entry, capacity, timeout or self.timeout)
         except BaseException:
             self._update(device, lambda held, waiting: (held, _without(waiting, entry.id)))
             raise
@@ -231,7 +233,10 @@ class GpuLeaseManager:
         """Devices that have a state file: every device a lease was ever taken on."""
         return sorted(path.stem.replace("-", ":") for path in self.folder.glob("*.json"))
 
-    def _enqueue(self, holder: str, device: str, mib: int, priority: int) -> LeaseEntry:
+    def _enqueue(
+        self, holder: str, device: str, mib: int, priority: int, capacity_mib: int
+    ) -> tuple[LeaseEntry, LeaseEntry | None]:
+        """Join the queue, and take the memory at once when nobody is ahead and it fits."""
         pid = os.getpid()
         with self._state(device) as state:
             state["seq"] += 1
@@ -247,7 +252,7 @@ class GpuLeaseManager:
                 requested_at=time.time(),
             )
             state["waiting"].append(entry)
-        return entry
+            return entry, _grant_if_first(state, entry, capacity_mib)
 
     def _wait_for_turn(
         self, entry: LeaseEntry, capacity: DeviceCapacity, timeout: float
@@ -334,11 +339,20 @@ def _without(entries: list[LeaseEntry], entry_id: str) -> list[LeaseEntry]:
     return [entry for entry in entries if entry.id != entry_id]
 
 
+_checked: dict[tuple[int, float], float] = {}  # (pid, start) -> when last seen alive
+
+
 def _alive(entry: LeaseEntry) -> bool:
     if entry.pid == os.getpid() and entry.pid_started == _start_time(entry.pid):
         return True
+    key, now = (entry.pid, entry.pid_started), time.monotonic()
+    if now - _checked.get(key, -ALIVE_CACHE_SECONDS) < ALIVE_CACHE_SECONDS:
+        return True  # seen alive a moment ago: a reclaim may wait that long, no more
     alive = process_alive(entry.pid, entry.pid_started)
-    if not alive:
+    if alive:
+        _checked[key] = now
+    else:
+        _checked.pop(key, None)
         logger.warning(
             "reclaimed %s MiB on %s from %s (pid %s is gone)",
             entry.mib,
