@@ -87,25 +87,36 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="safety-budget-", dir=Path.cwd()) as base:
         alone, _, alone_latencies, _ = run(Path(base) / "alone", 1, attempts, budget * 100)
         Path(base, "shared").mkdir()
-        settled, refused, latencies, elapsed = run(Path(base) / "shared", args.processes,
-                                                   args.calls, budget)
+        settled, refused, latencies, elapsed = run(
+            Path(base) / "shared", args.processes, args.calls, budget
+        )
         rows, total, open_rows = stored(Path(base) / "shared" / "budget.sqlite3")
     spent = sum(cost for _, cost in settled)
     ids_unique = len({entry_id for entry_id, _ in settled}) == len(settled)
     print(f"{args.processes} processes x {args.calls} paid calls, budget {budget:.2f} USD")
     print(f"  admitted {len(settled)}, refused {refused} ({refused / attempts:.0%})")
-    print(f"  final spend {spent / MICROS:.6f} USD <= budget {budget:.6f}: {spent <= budget * MICROS}")
-    print(f"  ledger total {total / MICROS:.6f} USD == settled by the processes "
-          f"{spent / MICROS:.6f}: {total == spent}")
-    print(f"  ledger rows {rows} == admitted calls {len(settled)}, none open ({open_rows}),"
-          f" ids unique: {ids_unique}")
+    print(
+        f"  final spend {spent / MICROS:.6f} USD <= budget {budget:.6f}: {spent <= budget * MICROS}"
+    )
+    print(
+        f"  ledger total {total / MICROS:.6f} USD == settled by the processes "
+        f"{spent / MICROS:.6f}: {total == spent}"
+    )
+    print(
+        f"  ledger rows {rows} == admitted calls {len(settled)}, none open ({open_rows}),"
+        f" ids unique: {ids_unique}"
+    )
     print(f"  {attempts / elapsed:.0f} reserve attempts/s across processes")
     shared_ms = statistics.median(latencies) * 1000
     alone_ms = statistics.median(alone_latencies) * 1000
-    print(f"  reserve + settle median: {shared_ms:.3f} ms contended, {alone_ms:.3f} ms alone "
-          f"(baseline, {len(alone)} calls) = {shared_ms / alone_ms:.1f}x")
+    print(
+        f"  reserve + settle median: {shared_ms:.3f} ms contended, {alone_ms:.3f} ms alone "
+        f"(baseline, {len(alone)} calls) = {shared_ms / alone_ms:.1f}x"
+    )
     met = spent <= budget * MICROS and total == spent and rows == len(settled) and not open_rows
-    print(f"acceptance (never over budget, totals match, no entry lost): {'met' if met else 'MISSED'}")
+    print(
+        f"acceptance (never over budget, totals match, no entry lost): {'met' if met else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

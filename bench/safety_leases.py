@@ -93,8 +93,13 @@ sys.stdin.readline()
 def reclaim_after_sigkill(state: Path) -> float:
     """Seconds from SIGKILL of a holder to the waiter's lease being granted."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(state)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=env)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(state)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert holder.stdout is not None and holder.stdout.readline() == "held\n"
     manager = GpuLeaseManager(state, capacity=capacity, timeout=60)
     killed = time.monotonic()
@@ -132,17 +137,27 @@ def main() -> None:
         reclaim = reclaim_after_sigkill(Path(base) / "b")
         leased, noop = per_lease_overhead(Path(base) / "c")
     peak = peak_held(intervals)
-    print(f"{args.processes} processes x {args.leases} leases of 10-70 MiB, capacity "
-          f"{CAPACITY_MIB} MiB, {elapsed:.1f} s")
-    print(f"  leases granted {len(intervals)}; most MiB held at once {peak} <= {CAPACITY_MIB}: "
-          f"{peak <= CAPACITY_MIB}")
-    print(f"  wait for a lease: median {statistics.median(waits) * 1000:.1f} ms, "
-          f"max {max(waits) * 1000:.0f} ms")
+    print(
+        f"{args.processes} processes x {args.leases} leases of 10-70 MiB, capacity "
+        f"{CAPACITY_MIB} MiB, {elapsed:.1f} s"
+    )
+    print(
+        f"  leases granted {len(intervals)}; most MiB held at once {peak} <= {CAPACITY_MIB}: "
+        f"{peak <= CAPACITY_MIB}"
+    )
+    print(
+        f"  wait for a lease: median {statistics.median(waits) * 1000:.1f} ms, "
+        f"max {max(waits) * 1000:.0f} ms"
+    )
     print(f"  SIGKILLed holder reclaimed, next waiter granted after {reclaim * 1000:.1f} ms")
-    print(f"  uncontended lease + release median {leased * 1000:.3f} ms vs no-op context "
-          f"manager {noop * 1e6:.2f} us (baseline) = {leased / noop:.0f}x")
+    print(
+        f"  uncontended lease + release median {leased * 1000:.3f} ms vs no-op context "
+        f"manager {noop * 1e6:.2f} us (baseline) = {leased / noop:.0f}x"
+    )
     met = peak <= CAPACITY_MIB and len(intervals) == args.processes * args.leases
-    print(f"acceptance (never over capacity, killed holder reclaimed): {'met' if met else 'MISSED'}")
+    print(
+        f"acceptance (never over capacity, killed holder reclaimed): {'met' if met else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

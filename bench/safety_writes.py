@@ -43,7 +43,11 @@ def check_files(root: Path, paths: int) -> tuple[int, int]:
 
 def guarded_writer(root: Path, locks: Path) -> Callable[[str, str], None]:
     workspace = Workspace(root, lock_dir=locks)
-    return lambda path, text: None if workspace.write(path, text) else None
+
+    def write(path: str, text: str) -> None:
+        workspace.write(path, text)
+
+    return write
 
 
 def plain_writer(root: Path, locks: Path) -> Callable[[str, str], None]:
@@ -81,8 +85,16 @@ def in_processes(kind: str, folder: Path, args: argparse.Namespace) -> tuple[flo
     processes = [
         context.Process(
             target=_process_main,
-            args=(results, kind, folder, folder.parent / "locks", f"p{i}", args.writes,
-                  args.paths, start),
+            args=(
+                results,
+                kind,
+                folder,
+                folder.parent / "locks",
+                f"p{i}",
+                args.writes,
+                args.paths,
+                start,
+            ),
         )
         for i in range(args.workers)
     ]
@@ -124,8 +136,10 @@ def main() -> None:
     parser.add_argument("--paths", type=int, default=20)
     args = parser.parse_args()
     total = args.workers * args.writes
-    print(f"{args.workers} writers x {args.writes} writes to {args.paths} shared paths "
-          f"({LINES} lines each)")
+    print(
+        f"{args.workers} writers x {args.writes} writes to {args.paths} shared paths "
+        f"({LINES} lines each)"
+    )
     with tempfile.TemporaryDirectory(prefix="safety-writes-", dir=Path.cwd()) as base:
         verdicts = []
         for mode, run in (("processes", in_processes), ("threads", in_threads)):
@@ -135,8 +149,10 @@ def main() -> None:
                 elapsed, errors = run(kind, folder, args)
                 whole, torn = check_files(folder, args.paths)
                 seconds[kind] = elapsed
-                print(f"  {mode:9} {kind:7} {elapsed:6.2f} s  {total / elapsed:7.0f} writes/s  "
-                      f"whole {whole}/{args.paths}  torn {torn}  errors {errors}")
+                print(
+                    f"  {mode:9} {kind:7} {elapsed:6.2f} s  {total / elapsed:7.0f} writes/s  "
+                    f"whole {whole}/{args.paths}  torn {torn}  errors {errors}"
+                )
                 if kind == "guarded":
                     verdicts.append(torn == 0 and errors == 0 and whole == args.paths)
             print(f"  {mode:9} guarded / plain time: {seconds['guarded'] / seconds['plain']:.1f}x")
