@@ -41,6 +41,10 @@ test: lint typecheck
 bench: install
 	$(BIN)/python bench/cli_startup.py
 	$(BIN)/python bench/scheduler.py
+	$(BIN)/python bench/safety_writes.py
+	$(BIN)/python bench/safety_budget.py
+	$(BIN)/python bench/safety_leases.py
+	$(BIN)/python bench/safety_overhead.py
 
 clean:
 	rm -rf $(VENV) runs $(DEMO_OUT) .mypy_cache .ruff_cache .pytest_cache

@@ -44,7 +44,13 @@ def load_crewai() -> Any:
 
 
 def run_crew_task(
-    task: TaskConfig, agent: AgentConfig, *, spec_text: str, context: str, llm: Any
+    task: TaskConfig,
+    agent: AgentConfig,
+    *,
+    spec_text: str,
+    context: str,
+    llm: Any,
+    tools: list[Any] | None = None,
 ) -> str:
     """Run one task to completion and return the agent's whole answer."""
     crewai = load_crewai()
@@ -53,6 +59,7 @@ def run_crew_task(
         goal=agent.goal,
         backstory=agent.backstory,
         llm=llm,
+        tools=tools or [],
         allow_delegation=False,
         max_iter=1,
         max_retry_limit=0,  # retries belong to the scheduler, not to CrewAI

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from filelock import FileLock, Timeout
 
@@ -28,6 +28,7 @@ from orchestrate.crew.spec import Spec
 from orchestrate.errors import RunInUseError, UnparseableOutputError
 from orchestrate.llm.adapter import CallRecord, OrchestrateLLM
 from orchestrate.llm.backend import Backend
+from orchestrate.safety.guards import SafetyGuards
 from orchestrate.scheduler.executor import (
     DagExecutor,
     ExecutionListener,
@@ -107,8 +108,10 @@ class BuildRun(ExecutionListener):
         backend: Backend,
         options: BuildOptions,
         observer: BuildObserver | None = None,
+        guards: SafetyGuards | None = None,
     ) -> None:
         self.folder, self.record, self.crew = folder, record, crew
+        self.guards = guards or SafetyGuards()
         self.graph = crew.graph()
         self.backend, self.options = backend, options
         self.cancel = threading.Event()
@@ -119,7 +122,9 @@ class BuildRun(ExecutionListener):
         if observer is not None:
             self.events.subscribe(observer.on_event)
         self._observer = observer
-        self.outputs = OutputWriter(folder.outputs_dir, self.events)
+        self.outputs = OutputWriter(
+            folder.outputs_dir, folder.path / "staging", self.events, self.guards
+        )
         self._history = DurationHistory(options.history_path) if options.history_path else None
         self._answers = {name: done.answer for name, done in self.checkpoint.finished().items()}
         self._restored: set[str] = set()  # tasks done by an earlier process of this run
@@ -132,6 +137,7 @@ class BuildRun(ExecutionListener):
         backend: Backend,
         options: BuildOptions,
         observer: BuildObserver | None = None,
+        guards: SafetyGuards | None = None,
     ) -> BuildRun:
         """Create a new run folder for ``spec`` and prepare to run the whole crew."""
         folder = RunStore(options.runs_dir).create()
@@ -156,7 +162,7 @@ class BuildRun(ExecutionListener):
             },
         )
         folder.save(record)
-        return cls(folder, record, crew.config, backend, options, observer)
+        return cls(folder, record, crew.config, backend, options, observer, guards)
 
     @classmethod
     def resume(
@@ -165,11 +171,12 @@ class BuildRun(ExecutionListener):
         backend: Backend,
         options: BuildOptions,
         observer: BuildObserver | None = None,
+        guards: SafetyGuards | None = None,
     ) -> BuildRun:
         """Reopen an unfinished run: its checkpointed tasks stay done, the rest run again."""
         record = folder.load()
         crew = record.crew_config()
-        run = cls(folder, record, crew, backend, options, observer)
+        run = cls(folder, record, crew, backend, options, observer, guards)
         run._reset_unfinished_tasks()
         return run
 
@@ -195,6 +202,7 @@ class BuildRun(ExecutionListener):
             priority=self.graph.remaining_path(self.estimated_seconds()),
             fail_fast=self.options.fail_fast,
             done=set(self._answers),
+            worker_limit=self.guards.worker_limit,
         )
         try:
             outcome = executor.run(self.cancel)
@@ -245,16 +253,29 @@ class BuildRun(ExecutionListener):
             read_cache=attempt.number == 1,
         )
         started = time.perf_counter()
-        answer = run_crew_task(
-            task,
-            self.crew.agents[task.agent],
-            spec_text=self.record.spec_text,
-            context=self._context_for(name),
-            llm=llm,
-        )
-        if not answer.strip():
-            raise UnparseableOutputError("the model returned an empty answer")
+        try:
+            answer = run_crew_task(
+                task,
+                self.crew.agents[task.agent],
+                spec_text=self.record.spec_text,
+                context=self._context_for(name),
+                llm=llm,
+                tools=self._tools_for(name, llm),
+            )
+            if not answer.strip():
+                raise UnparseableOutputError("the model returned an empty answer")
+        except BaseException:
+            self.outputs.discard(name)  # a failed attempt's files never reach outputs/
+            raise
         return _Answer(answer, time.perf_counter() - started, usage)
+
+    def _tools_for(self, task: str, llm: OrchestrateLLM) -> list[Any]:
+        """File tools on the task's staging area, for a model that calls tools."""
+        if not llm.supports_function_calling():
+            return []
+        from orchestrate.workspace.tools import workspace_tools
+
+        return list(workspace_tools(self.outputs.area(task)))
 
     def _commit(self, name: str, answer: _Answer) -> None:
         """Make a task's result durable: its answer and files first, then the checkpoint."""
@@ -306,6 +327,7 @@ class BuildRun(ExecutionListener):
             completion_tokens=call.completion_tokens,
             cached=call.cached,
             error=call.error,
+            cost=call.cost,
         )
         with self._lock:
             record = self.record.tasks[call.task]
@@ -315,6 +337,7 @@ class BuildRun(ExecutionListener):
             record.llm_calls += 1
             record.prompt_tokens += call.prompt_tokens
             record.completion_tokens += call.completion_tokens
+            record.cost += call.cost
 
     def _progress_reporter(self, task: str) -> Callable[[int], None] | None:
         observer = self._observer

@@ -18,6 +18,13 @@ that root once, prints its message on one line and exits with ``exit_code``::
     │       ├── ServerError          the backend failed on its side (HTTP 5xx)
     │       └── UnparseableOutputError  the answer could not be used (empty, malformed)
     ├── TaskTimeoutError             a task ran past its wall-clock limit
+    ├── WriteRefusedError            a generated file was not written
+    │   ├── UnsafePathError          its path or content could leave or harm the workspace
+    │   └── SecretFoundError         it holds a secret and secrets are refused
+    ├── BudgetExceeded               a paid call does not fit today's remaining budget
+    ├── GpuLeaseError                a device lease cannot be granted
+    │   ├── LeaseTooLargeError       the request exceeds the device's whole capacity
+    │   └── LeaseTimeoutError        the wait for free capacity ran past its timeout
     └── TaskCancelledError           the run is being cancelled (Ctrl-C, SIGTERM)
 
 Only ``TransientError`` is retried: a bad setting, a missing model or a bug would fail
@@ -26,7 +33,7 @@ the same way again, so retrying it only costs time and money.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -98,6 +105,38 @@ class UnparseableOutputError(TransientError):
 
 class TaskTimeoutError(OrchestrateError):
     """A task ran longer than its wall-clock limit and was cancelled."""
+
+
+class WriteRefusedError(OrchestrateError):
+    """A generated file was refused; the message says why and nothing was written."""
+
+
+class UnsafePathError(WriteRefusedError):
+    """A generated path (or its content) was refused: it could leave or harm the workspace."""
+
+
+class SecretFoundError(WriteRefusedError):
+    """The content holds a secret and the secret mode is ``refuse``."""
+
+    def __init__(self, message: str, findings: tuple[Any, ...] = ()) -> None:
+        super().__init__(message)
+        self.findings = findings  # SecretFinding records: kind and line, never the value
+
+
+class BudgetExceeded(OrchestrateError):  # noqa: N818 - the name the issue and users know
+    """A paid model call does not fit in what is left of today's budget."""
+
+
+class GpuLeaseError(OrchestrateError):
+    """A lease on a device's memory cannot be granted."""
+
+
+class LeaseTooLargeError(GpuLeaseError):
+    """The request is larger than the device's whole capacity; waiting cannot help."""
+
+
+class LeaseTimeoutError(GpuLeaseError):
+    """The wait for capacity ran past the timeout; the message names the holders."""
 
 
 class TaskCancelledError(OrchestrateError):

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
 
     home: Path = Field(
         default_factory=lambda: user_state_path("orchestrate"),
-        description="Machine-wide state directory (converted models, later: budget, leases).",
+        description="Machine-wide state: converted models, write locks, budget ledger, leases.",
     )
     runs_dir: Path = Field(Path("runs"), description="Where each run gets its folder.")
     model: str = Field(DEFAULT_MODEL, description="Model for every agent: BACKEND:NAME.")
@@ -65,7 +65,57 @@ class Settings(BaseSettings):
         256.0, gt=0, le=1_000_000, description="Size of the response cache before eviction."
     )
 
-    @field_validator("home", "runs_dir", "crew_file", "embedded_model")
+    # Locked, atomic, confined writes.
+    secret_mode: Literal["redact", "refuse"] = Field(
+        "redact", description="What to do with a secret found in a generated file."
+    )
+
+    # Budget-aware worker limiter.
+    daily_budget: float = Field(
+        5.0, ge=0, description="Most money paid models may cost per UTC day, all processes."
+    )
+    currency: str = Field(
+        "USD", pattern=r"^[A-Z]{3}$", description="Currency of the budget and the prices."
+    )
+    pricing_file: Path | None = Field(
+        None, description="Prices per model (YAML); default: the bundled config/pricing.yaml."
+    )
+    fallback_model: str | None = Field(
+        None, description="A free local model to answer a call the budget cannot pay for."
+    )
+    max_workers: int = Field(
+        8, ge=1, le=64, description="Worker limit while more than the first threshold is left."
+    )
+    budget_thresholds: tuple[float, float, float] = Field(
+        (0.5, 0.2, 0.1),
+        description="Remaining-budget shares below which the limit drops to 4, 2 and 1.",
+    )
+    budget_hysteresis: float = Field(
+        0.02, ge=0, le=0.5, description="Extra share needed before the limit rises again."
+    )
+
+    # GPU lease manager.
+    gpu_safety_margin_mib: int = Field(
+        512, ge=0, description="MiB of each device's memory never leased out."
+    )
+    cpu_capacity_mib: int | None = Field(
+        None, ge=1, description="MiB leasable on the CPU device; default: a share of RAM."
+    )
+    cpu_ram_share: float = Field(
+        0.5, gt=0, le=1, description="Share of RAM leasable on the CPU device by default."
+    )
+    lease_timeout: float = Field(
+        600.0, gt=0, description="Seconds to wait for device memory before giving up."
+    )
+
+    @field_validator("budget_thresholds")
+    @classmethod
+    def _descending_shares(cls, shares: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(0 < share < 1 for share in shares) or list(shares) != sorted(shares)[::-1]:
+            raise ValueError("give three shares between 0 and 1, largest first")
+        return shares
+
+    @field_validator("home", "runs_dir", "crew_file", "embedded_model", "pricing_file")
     @classmethod
     def _expand_home(cls, path: Path | None) -> Path | None:
         return path.expanduser() if path is not None else None
@@ -103,6 +153,11 @@ class Settings(BaseSettings):
             self.retry_max_attempts, self.retry_base_seconds, self.retry_cap_seconds
         )
         return TaskPolicy(retry, self.task_timeout_seconds)
+
+    @property
+    def locks_dir(self) -> Path:
+        """Lock files of the workspace writer, shared by every process on the machine."""
+        return self.home / "locks"
 
 
 def load_settings(**overrides: Any) -> Settings:

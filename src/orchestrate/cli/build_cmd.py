@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from orchestrate.build import BuildOptions, BuildResult, BuildRun
     from orchestrate.crew.config import TaskConfig
     from orchestrate.llm.backend import Backend
+    from orchestrate.safety.guards import SafetyGuards
     from orchestrate.settings import Settings
 
 
@@ -79,12 +80,12 @@ def build(
     configure_logging(settings.log_level)
     the_spec = load_spec(spec)
     loaded_crew = load_crew(settings.crew_file)
-    backend = _prepare_backend(settings, use_cache=not no_cache)
+    backend, guards = _prepare_backend(settings, use_cache=not no_cache)
     from orchestrate.build import BuildRun
 
     options = _options(settings, out, fail_fast)
     view = _progress_view(loaded_crew.config.tasks, quiet=json_output)
-    run = BuildRun.start(the_spec, loaded_crew, backend, options, observer=view)
+    run = BuildRun.start(the_spec, loaded_crew, backend, options, observer=view, guards=guards)
     _execute(run, view, json_output)
 
 
@@ -137,12 +138,13 @@ def _resume(
     )
     _check_out(out)
     configure_logging(settings.log_level)
-    backend = _prepare_backend(settings, use_cache=not no_cache)
+    backend, guards = _prepare_backend(settings, use_cache=not no_cache)
     from orchestrate.build import BuildRun
 
     crew_tasks = record.crew_config().tasks
     view = _progress_view(crew_tasks, quiet=json_output)
-    run = BuildRun.resume(folder, backend, _options(settings, out, fail_fast), observer=view)
+    options = _options(settings, out, fail_fast)
+    run = BuildRun.resume(folder, backend, options, observer=view, guards=guards)
     _execute(run, view, json_output)
 
 
@@ -153,13 +155,28 @@ def _check_out(out: Path | None) -> None:
         raise UserInputError(f"--out {out} is a file; give a folder (it is created if missing)")
 
 
-def _prepare_backend(settings: Settings, *, use_cache: bool) -> Backend:
-    """Build the model backend (behind the response cache) and load its weights."""
+def _prepare_backend(settings: Settings, *, use_cache: bool) -> tuple[Backend, SafetyGuards]:
+    """Build the run's guards and its layered backend, and load the model's weights.
+
+    From the outside in: the response cache (a hit costs nothing and needs no budget),
+    the spend guard (reserve, call, settle), then the model, which takes a device lease
+    around each generation.
+    """
     from orchestrate.llm.backend import create_backend
+    from orchestrate.safety.gpu import GpuLeaseManager
+    from orchestrate.safety.guards import build_guards
 
     backend = create_backend(
-        settings.model, models_dir=settings.models_dir, embedded_model=settings.embedded_model
+        settings.model,
+        models_dir=settings.models_dir,
+        embedded_model=settings.embedded_model,
+        leases=GpuLeaseManager.from_settings(settings),
     )
+    guards = build_guards(settings)  # after the model name is known to be valid
+    if guards.spend_guard is not None:
+        from orchestrate.safety.spend import BudgetedBackend
+
+        backend = BudgetedBackend(backend, guards.spend_guard)
     if use_cache and settings.cache:
         from orchestrate.llm.cache import CachingBackend, ResponseCache
 
@@ -173,7 +190,7 @@ def _prepare_backend(settings: Settings, *, use_cache: bool) -> Backend:
     except KeyboardInterrupt:
         err_console.print("interrupted before the run started")
         raise typer.Exit(130) from None
-    return backend
+    return backend, guards
 
 
 def _options(settings: Settings, out: Path | None, fail_fast: bool) -> BuildOptions:
@@ -273,6 +290,7 @@ def _result_json(result: BuildResult) -> dict[str, Any]:
         "completion_tokens": record.completion_tokens,
         "llm_calls": record.llm_calls,
         "cached_calls": record.cached_calls,
+        "cost": round(record.cost, 6),
         "verdict": record.verdict,
         "failure": record.failure,
         "resumes": record.resumes,

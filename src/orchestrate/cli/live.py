@@ -167,6 +167,14 @@ def describe_event(event: dict[str, Any]) -> str:
         return f"{stamp} {task}: wrote {event.get('path')} ({event.get('bytes')} bytes)"
     if kind == "file_refused":
         return f"{stamp} {task}: refused {event.get('path')!r}: {event.get('reason')}"
+    if kind == "file_conflict":
+        return (
+            f"{stamp} {event.get('path')}: written by {event.get('loser')} and "
+            f"{event.get('winner')}; kept {event.get('winner')}'s (it finished later)"
+        )
+    if kind == "secret_found":
+        found = len(event.get("findings") or [])
+        return f"{stamp} {task}: {event.get('action')} {found} secret(s) in {event.get('path')}"
     if kind == "block_problem":
         line = event.get("line")
         return f"{stamp} {task}: unreadable file block at line {line}: {event.get('reason')}"

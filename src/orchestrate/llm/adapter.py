@@ -1,9 +1,9 @@
 """The one CrewAI LLM through which every model call of a run passes.
 
 CrewAI talks to ``OrchestrateLLM``; it hands the call to a backend and reports what
-happened (time, tokens) to the run. Later layers (cache, budget, circuit breaker,
-GPU lease, metrics) hook in here. Importing this module imports crewai, so only the
-commands that run a crew import it.
+happened (time, tokens, cost, failure) to the run. The backend it is given is already
+layered: the response cache, over the budget's spend guard, over the model itself.
+Importing this module imports crewai, so only the commands that run a crew import it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from crewai.llms.base_llm import BaseLLM
 from pydantic import PrivateAttr
 
-from orchestrate.errors import TaskCancelledError, UnparseableOutputError
+from orchestrate.errors import BudgetExceeded, TaskCancelledError, UnparseableOutputError
 from orchestrate.llm.backend import Backend, ChatMessage, Completion, CompletionRequest
 
 
@@ -33,6 +33,7 @@ class CallRecord:
     completion_tokens: int
     cached: bool = False
     error: str | None = None  # the call failed; no answer came back
+    cost: float = 0.0  # in the budget's currency; 0 for local models and cache hits
 
 
 class OrchestrateLLM(BaseLLM):
@@ -92,12 +93,13 @@ class OrchestrateLLM(BaseLLM):
             cancel=self._cancel,
             on_progress=self._on_progress,
             read_cache=self._read_cache,
+            task=self._task,
         )
         started = time.perf_counter()
         try:
             completion = self._backend.complete(request)
-        except TaskCancelledError:
-            raise
+        except (TaskCancelledError, BudgetExceeded):
+            raise  # the model was never asked (or was told to stop): not a model call
         except Exception as exc:
             self._report(started, error=f"{type(exc).__name__}: {exc}")
             raise
@@ -120,12 +122,13 @@ class OrchestrateLLM(BaseLLM):
             CallRecord(
                 task=self._task,
                 agent=self._agent,
-                model=self._backend.name,
+                model=(completion and completion.model) or self._backend.name,
                 seconds=time.perf_counter() - started,
                 prompt_tokens=completion.prompt_tokens if completion else 0,
                 completion_tokens=completion.completion_tokens if completion else 0,
                 cached=completion.cached if completion else False,
                 error=error,
+                cost=completion.cost if completion else 0.0,
             )
         )
 

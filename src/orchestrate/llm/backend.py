@@ -10,9 +10,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from orchestrate.errors import ModelNotFoundError
+
+if TYPE_CHECKING:
+    from orchestrate.safety.gpu import GpuLeaseManager
 
 ChatMessage = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": ...}
 
@@ -31,6 +34,7 @@ class CompletionRequest:
     on_progress: Callable[[int], None] | None = None
     # False on a retry: the cached answer is what the last attempt rejected.
     read_cache: bool = True
+    task: str = ""  # the task asking, for the spend ledger's records
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     cached: bool = False  # answered from the response cache, not by the model
+    model: str | None = None  # who answered, when not the backend asked (a budget fallback)
+    cost: float = 0.0  # in the budget's currency; 0 for local models and cache hits
 
 
 class Backend(Protocol):
@@ -76,8 +82,17 @@ def parse_model_name(model: str) -> tuple[str, str]:
     return backend, name
 
 
-def create_backend(model: str, *, models_dir: Path, embedded_model: Path | None = None) -> Backend:
-    """Build the backend a model name asks for; nothing heavy is loaded yet."""
+def create_backend(
+    model: str,
+    *,
+    models_dir: Path,
+    embedded_model: Path | None = None,
+    leases: GpuLeaseManager | None = None,
+) -> Backend:
+    """Build the backend a model name asks for; nothing heavy is loaded yet.
+
+    With ``leases``, a local model holds a device lease around each generation.
+    """
     backend, name = parse_model_name(model)
     if backend == "scripted":
         from orchestrate.llm.scripted import ScriptedBackend
@@ -86,4 +101,4 @@ def create_backend(model: str, *, models_dir: Path, embedded_model: Path | None 
     from orchestrate.llm.embedded import EmbeddedBackend, locate_embedded_model
 
     source = locate_embedded_model(name, override=embedded_model)
-    return EmbeddedBackend(model, source, models_dir)
+    return EmbeddedBackend(model, source, models_dir, leases=leases)

@@ -218,7 +218,8 @@ class CachingBackend:
                     cached.text, cached.prompt_tokens, cached.completion_tokens, cached=True
                 )
         completion = self._inner.complete(request)
-        if completion.text.strip():  # an empty answer is a failure, not worth keeping
+        # An empty answer is a failure, and a fallback model's answer is not this model's.
+        if completion.text.strip() and completion.model in (None, self._inner.name):
             self._cache.put(key, completion)
         return completion
 

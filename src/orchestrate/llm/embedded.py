@@ -32,6 +32,8 @@ from orchestrate.llm.fitting import fit_messages
 if TYPE_CHECKING:
     import torch
 
+    from orchestrate.safety.gpu import GpuLeaseManager
+
 logger = logging.getLogger(__name__)
 
 BUNDLED_NAME = "smollm2-135m"
@@ -101,10 +103,18 @@ class EmbeddedBackend:
 
     context_window = 8192
 
-    def __init__(self, name: str, source: ModelSource, models_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        source: ModelSource,
+        models_dir: Path,
+        *,
+        leases: GpuLeaseManager | None = None,
+    ) -> None:
         self._name = name
         self._source = source
         self._models_dir = models_dir
+        self._leases = leases
 
     @property
     def name(self) -> str:
@@ -119,7 +129,7 @@ class EmbeddedBackend:
         self._model()
 
     def complete(self, request: CompletionRequest) -> Completion:
-        return self._model().generate(request)
+        return self._model().generate(request, leases=self._leases, holder=self._name)
 
     def count_tokens(self, messages: list[ChatMessage]) -> int:
         return self._model().count_tokens(messages)
@@ -138,6 +148,8 @@ class LoadedModel:
         self._model = model
         self._tokenizer = tokenizer
         self._context_window = context_window
+        self.device = str(getattr(model, "device", "cpu"))
+        self.lease_mib = estimate_lease_mib(model)
         self._generate_lock = threading.Lock()
         # The Rust tokenizer raises "Already borrowed" when two threads use it at once.
         self._tokenizer_lock = threading.Lock()
@@ -172,10 +184,16 @@ class LoadedModel:
     def count_tokens(self, messages: list[ChatMessage]) -> int:
         return len(self._encode(messages)["input_ids"][0])
 
-    def generate(self, request: CompletionRequest) -> Completion:
+    def generate(
+        self,
+        request: CompletionRequest,
+        *,
+        leases: GpuLeaseManager | None = None,
+        holder: str = "embedded",
+    ) -> Completion:
         import torch
 
-        with self._generate_lock:
+        with self._generate_lock, self._lease(leases, f"{holder} for {request.agent}"):
             if request.cancel.is_set():
                 raise TaskCancelledError("cancelled before generation started")
             max_new = min(request.max_tokens, self._context_window // 2)
@@ -205,6 +223,14 @@ class LoadedModel:
             text = self._tokenizer.decode(new_tokens, skip_special_tokens=True)
         return Completion(_cut_at_stop(text, request.stop), prompt_tokens, len(new_tokens))
 
+    def _lease(
+        self, leases: GpuLeaseManager | None, holder: str
+    ) -> contextlib.AbstractContextManager[Any]:
+        """A device lease for one generation, taken once this thread's turn has come."""
+        if leases is None:
+            return contextlib.nullcontext()
+        return leases.lease(holder, self.device, self.lease_mib)
+
     def _encode(self, messages: list[ChatMessage]) -> Any:
         with self._tokenizer_lock:
             return self._tokenizer.apply_chat_template(
@@ -216,6 +242,12 @@ class LoadedModel:
         if temperature <= 0:
             return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         return {"do_sample": True, "temperature": temperature}
+
+
+def estimate_lease_mib(model: Any) -> int:
+    """Weights plus a quarter for activations and the KV cache of one generation."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return max(1, int(weights * 1.25) // 1024**2)
 
 
 class _GenerationWatcher:

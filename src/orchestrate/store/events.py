@@ -25,6 +25,8 @@ class EventType(StrEnum):
     LLM_CALL = "llm_call"  # task, model, seconds, prompt/completion tokens, cached
     FILE_WRITTEN = "file_written"  # task, path, bytes, replaced
     FILE_REFUSED = "file_refused"  # task, path, reason: a generated path we would not write
+    FILE_CONFLICT = "file_conflict"  # path, winner, loser: two tasks wrote it, the later won
+    SECRET_FOUND = "secret_found"  # task, path, action (redacted/refused), findings: kind+line
     BLOCK_PROBLEM = "block_problem"  # task, line, reason: a file block we could not read
     ERROR = "error"  # task (if any), message
     RUN_FINISHED = "run_finished"  # status, seconds, files, tokens

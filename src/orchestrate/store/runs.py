@@ -44,6 +44,7 @@ class TaskRecord(BaseModel):
     completion_tokens: int = 0
     llm_calls: int = 0  # calls answered by the model, failed attempts included
     cached_calls: int = 0  # calls answered from the response cache
+    cost: float = 0.0  # paid model calls, in the budget's currency
     attempts: int = 0
     files: list[str] = Field(default_factory=list)
     reason: str | None = None  # why it failed, was skipped or cancelled
@@ -92,6 +93,10 @@ class RunRecord(BaseModel):
     @property
     def cached_calls(self) -> int:
         return sum(task.cached_calls for task in self.tasks.values())
+
+    @property
+    def cost(self) -> float:
+        return sum(task.cost for task in self.tasks.values())
 
     def crew_config(self) -> CrewConfig:
         """The crew exactly as this run used it."""

@@ -1,31 +1,52 @@
-"""Turn a task's answer into files in the run's ``outputs/`` folder.
+"""Turn a task's answer into files in the run's ``outputs/`` folder, through staging.
 
 An answer carries files as FILE blocks; a task with an ``output_file`` also gets its
-whole answer there when no block names that file. Every path goes through the confined
-writer, and every write, refusal and unreadable block is an event in the run's log.
+whole answer there when no block names that file. The files go into the task's staging
+area first (confined, locked, atomic, scanned for secrets), together with anything the
+task wrote through the file tools, and the area is merged into ``outputs/`` in one step.
+Every write, refusal, conflict, secret and unreadable block is an event in the run's log.
 """
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
+from orchestrate.errors import SecretFoundError, WriteRefusedError
+from orchestrate.safety.guards import SafetyGuards
 from orchestrate.store.events import EventLog, EventType
 from orchestrate.workspace.blocks import parse_file_blocks
-from orchestrate.workspace.writer import UnsafePathError, Workspace
+from orchestrate.workspace.staging import MergeResult, StagingAreas
+from orchestrate.workspace.writer import Workspace
 
 
 class OutputWriter:
-    """Writes the files of each finished task into one workspace."""
+    """Stages and merges the files of each finished task into one outputs workspace."""
 
-    def __init__(self, root: Path, events: EventLog) -> None:
-        self.workspace = Workspace(root)
+    def __init__(
+        self, outputs: Path, staging: Path, events: EventLog, guards: SafetyGuards
+    ) -> None:
+        # Staging left by a process that died belongs to attempts that never finished.
+        shutil.rmtree(staging, ignore_errors=True)
+        self.workspace = Workspace(outputs, lock_dir=guards.lock_dir)
+        self.staging = StagingAreas(staging, self.workspace, scanner=guards.scanner)
+        self._lock_dir = guards.lock_dir
         self._events = events
         self._refused: dict[str, list[str]] = {}
         self._lock = threading.Lock()
 
+    def area(self, task: str) -> Workspace:
+        """The task's staging area, where its file tools write while it runs."""
+        return self.staging.area(task)
+
+    def discard(self, task: str) -> None:
+        """Forget what a failed attempt staged; none of it reaches outputs."""
+        self.staging.discard(task)
+
     def write_answer(self, task: str, answer: str, output_file: str | None) -> list[str]:
-        """Write the files an answer carries; return their paths."""
+        """Stage the files an answer carries, merge the task's area; return merged paths."""
         parsed = parse_file_blocks(answer)
         blocks = [(block.path, block.content) for block in parsed.blocks]
         if output_file and answer.strip() and output_file not in {path for path, _ in blocks}:
@@ -38,24 +59,10 @@ class OutputWriter:
                 path=problem.path,
                 reason=problem.reason,
             )
-        written: list[str] = []
+        area = self.staging.area(task)
         for path, content in blocks:
-            try:
-                result = self.workspace.write(path, content)
-            except UnsafePathError as exc:
-                self._events.emit(EventType.FILE_REFUSED, task=task, path=path, reason=str(exc))
-                with self._lock:
-                    self._refused.setdefault(task, []).append(path)
-                continue
-            self._events.emit(
-                EventType.FILE_WRITTEN,
-                task=task,
-                path=result.path,
-                bytes=result.size_bytes,
-                replaced=result.replaced,
-            )
-            written.append(result.path)
-        return written
+            self._stage(task, area, path, content)
+        return self._record_merge(task, self.staging.merge(task))
 
     def take_refused(self, task: str) -> list[str]:
         """The paths refused for ``task`` since the last call."""
@@ -67,13 +74,59 @@ class OutputWriter:
 
     def copy_to(self, out_dir: Path) -> Path:
         """Copy the generated files to --out through the same confined writer."""
-        destination = Workspace(out_dir)
+        destination = Workspace(out_dir, lock_dir=self._lock_dir)
         for relative in self.workspace.files():
             source = self.workspace.root / relative
             try:
                 destination.write(relative, source.read_text(encoding="utf-8"))
-            except (UnsafePathError, UnicodeDecodeError) as exc:
+            except (WriteRefusedError, UnicodeDecodeError) as exc:
                 self._events.emit(
                     EventType.FILE_REFUSED, task=None, path=relative, reason=f"--out: {exc}"
                 )
         return destination.root
+
+    def _stage(self, task: str, area: Workspace, path: str, content: str) -> None:
+        try:
+            staged = area.write(path, content)
+        except WriteRefusedError as exc:
+            if isinstance(exc, SecretFoundError):
+                self._secret_event(task, path, "refused", exc.findings)
+            self._refuse(task, path, str(exc))
+            return
+        if staged.findings:
+            self._secret_event(task, staged.path, "redacted", staged.findings)
+
+    def _record_merge(self, task: str, merged: MergeResult) -> list[str]:
+        for path, reason in merged.refused:
+            self._refuse(task, path, reason)
+        for conflict in merged.conflicts:
+            self._events.emit(
+                EventType.FILE_CONFLICT,
+                task=task,
+                path=conflict.path,
+                winner=conflict.winner,
+                loser=conflict.loser,
+            )
+        for written in merged.written:
+            self._events.emit(
+                EventType.FILE_WRITTEN,
+                task=task,
+                path=written.path,
+                bytes=written.size_bytes,
+                replaced=written.replaced,
+            )
+        return [written.path for written in merged.written]
+
+    def _refuse(self, task: str, path: str, reason: str) -> None:
+        self._events.emit(EventType.FILE_REFUSED, task=task, path=path, reason=reason)
+        with self._lock:
+            self._refused.setdefault(task, []).append(path)
+
+    def _secret_event(self, task: str, path: str, action: str, findings: tuple[Any, ...]) -> None:
+        self._events.emit(
+            EventType.SECRET_FOUND,
+            task=task,
+            path=path,
+            action=action,
+            findings=[finding.as_event() for finding in findings],
+        )
