@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrate.llm.backend import Backend, ChatMessage, Completion, CompletionRequest
+from orchestrate.store.sqlite import connect_shared
 
 logger = logging.getLogger(__name__)
 
@@ -160,8 +161,7 @@ class ResponseCache:
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
+            db = connect_shared(self.path, check_same_thread=False)
             db.executescript(_SCHEMA)
             self._db = db
         return self._db

@@ -24,8 +24,8 @@ import psutil
 
 from orchestrate.errors import BudgetExceeded
 from orchestrate.safety.pricing import MICROS
+from orchestrate.store.sqlite import connect_shared
 
-BUSY_TIMEOUT_SECONDS = 60.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spend (
     id INTEGER PRIMARY KEY,
@@ -211,11 +211,7 @@ class BudgetLedger:
         """One connection per thread: sqlite3 connections must not cross threads."""
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None or getattr(self._local, "pid", None) != os.getpid():
-            connection = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None
-            )
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
+            connection = connect_shared(self.path, autocommit=True)
             self._local.connection, self._local.pid = connection, os.getpid()
         return connection
 

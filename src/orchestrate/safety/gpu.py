@@ -3,12 +3,14 @@
 Every local-model generation and every fine-tune holds a lease: who, which device, how
 many MiB, and an optional priority. A lease is a context manager, released on any exit.
 
-The leases of one device live in ``<state>/gpu/<device>.json``, read and rewritten only
-while holding an exclusive ``fcntl.flock`` on ``<device>.lock`` (never unlinked). A
-request joins a queue; only the head of the queue (highest priority, then first come)
-may take memory, so a large request is not starved by a stream of small ones. Entries
-whose process is gone (its pid missing, or reused by a process started later) are
-dropped at every look, so a holder killed with SIGKILL never leaks its lease.
+The leases of every device live in one SQLite file, ``<state>/gpu/leases.sqlite3``
+(WAL), one row of state per device, read and rewritten only inside a ``BEGIN
+IMMEDIATE`` transaction, which excludes every other writer on the machine and survives
+a crash of the process holding it. A request joins a queue; only the head of the queue
+(highest priority, then first come) may take memory, so a large request is not starved
+by a stream of small ones. Entries whose process is gone (its pid missing, or reused
+by a process started later) are dropped at every look, so a holder killed with SIGKILL
+never leaks its lease.
 
 Capacity: CUDA's total memory from ``torch.cuda.mem_get_info``, MPS's
 ``torch.mps.recommended_max_memory``, the CPU's a setting (default: a share of RAM),
@@ -20,10 +22,10 @@ Where torch allows it, a process is capped to what its leases hold
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 import uuid
@@ -37,6 +39,7 @@ import psutil
 
 from orchestrate.errors import GpuLeaseError, LeaseTimeoutError, LeaseTooLargeError
 from orchestrate.safety.budget import process_alive
+from orchestrate.store.sqlite import connect_shared
 
 logger = logging.getLogger(__name__)
 
@@ -165,10 +168,14 @@ class GpuLeaseManager:
     ) -> None:
         self.folder = state_dir / "gpu"
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.path = self.folder / "leases.sqlite3"
         self._measure = capacity
         self._capacities: dict[str, DeviceCapacity] = {}
         self.timeout = timeout
         self._lock = threading.Lock()
+        self._db_lock = threading.Lock()  # one transaction at a time on this connection
+        self._db: sqlite3.Connection | None = None
+        self._db_pid = 0
 
     @classmethod
     def from_settings(cls, settings: Any) -> GpuLeaseManager:
@@ -230,8 +237,10 @@ class GpuLeaseManager:
             return DeviceLeases(device, tuple(state["held"]), tuple(state["waiting"]))
 
     def known_devices(self) -> list[str]:
-        """Devices that have a state file: every device a lease was ever taken on."""
-        return sorted(path.stem.replace("-", ":") for path in self.folder.glob("*.json"))
+        """Every device a lease was ever taken on."""
+        with self._db_lock:
+            rows = self._connection().execute("SELECT device FROM device_state").fetchall()
+        return sorted(row[0] for row in rows)
 
     def _enqueue(
         self, holder: str, device: str, mib: int, priority: int, capacity_mib: int
@@ -285,18 +294,36 @@ class GpuLeaseManager:
 
     @contextlib.contextmanager
     def _state(self, device: str) -> Iterator[dict[str, Any]]:
-        """The device's state under its flock, dead entries dropped, saved on the way out."""
-        name = device.replace(":", "-")
-        with _flocked(self.folder / f"{name}.lock"):
-            path = self.folder / f"{name}.json"
-            state = _load(path)
-            before = json.dumps(_dump(state))
-            state["held"] = [entry for entry in state["held"] if _alive(entry)]
-            state["waiting"] = [entry for entry in state["waiting"] if _alive(entry)]
-            yield state
-            after = json.dumps(_dump(state))
-            if after != before:
-                _save(path, after)
+        """The device's state in one exclusive transaction, dead entries dropped."""
+        with self._db_lock:
+            db = self._connection()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute(
+                    "SELECT state FROM device_state WHERE device = ?", (device,)
+                ).fetchone()
+                state = _load(row[0] if row else None, device)
+                before = json.dumps(_dump(state))
+                state["held"] = [entry for entry in state["held"] if _alive(entry)]
+                state["waiting"] = [entry for entry in state["waiting"] if _alive(entry)]
+                yield state
+                after = json.dumps(_dump(state))
+                if after != before:
+                    db.execute("INSERT OR REPLACE INTO device_state VALUES (?, ?)", (device, after))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def _connection(self) -> sqlite3.Connection:
+        """This process's connection; a forked child opens its own."""
+        if self._db is None or self._db_pid != os.getpid():
+            db = connect_shared(self.path, autocommit=True, check_same_thread=False)
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS device_state (device TEXT PRIMARY KEY, state TEXT)"
+            )
+            self._db, self._db_pid = db, os.getpid()
+        return self._db
 
     def _cap_process(self, device: str) -> None:
         """Limit this process's allocator to what its leases on ``device`` hold."""
@@ -378,31 +405,19 @@ def _start_time(pid: int) -> float:
     return _start_times[pid]
 
 
-@contextlib.contextmanager
-def _flocked(path: Path) -> Iterator[None]:
-    # A fresh descriptor per use: flock belongs to the open file description, so threads
-    # of this process exclude each other too, and a forked child shares nothing.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _load(text: str | None, device: str) -> dict[str, Any]:
+    if text is None:
+        return {"seq": 0, "held": [], "waiting": []}
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _load(path: Path) -> dict[str, Any]:
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(text)
         return {
             "seq": int(raw.get("seq", 0)),
             "held": [LeaseEntry(**item) for item in raw.get("held", [])],
             "waiting": [LeaseEntry(**item) for item in raw.get("waiting", [])],
         }
-    except FileNotFoundError:
-        return {"seq": 0, "held": [], "waiting": []}
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
-        # Only a hand-edited or foreign file gets here: our writes are atomic.
-        logger.warning("starting %s afresh: %s", path, exc)
+    except (ValueError, TypeError, AttributeError) as exc:
+        # Only a hand-edited or foreign row gets here: our writes are transactional.
+        logger.warning("starting the leases of %s afresh: %s", device, exc)
         return {"seq": 0, "held": [], "waiting": []}
 
 
@@ -412,9 +427,3 @@ def _dump(state: dict[str, Any]) -> dict[str, Any]:
         "held": [asdict(entry) for entry in state["held"]],
         "waiting": [asdict(entry) for entry in state["waiting"]],
     }
-
-
-def _save(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    temp.write_text(text, encoding="utf-8")
-    temp.replace(path)  # readers under the lock see the old or the new state, never half

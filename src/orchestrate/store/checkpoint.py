@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrate.errors import RunNotFoundError
+from orchestrate.store.sqlite import connect_shared
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS finished_tasks (
@@ -56,9 +57,9 @@ class Checkpoint:
         self.path = path
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db = connect_shared(
+                path, synchronous="FULL", autocommit=True, check_same_thread=False
+            )
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise RunNotFoundError(f"the checkpoint {path} is unreadable: {exc}") from exc

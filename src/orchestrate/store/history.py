@@ -16,6 +16,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from orchestrate.store.sqlite import connect_shared
+
 logger = logging.getLogger(__name__)
 
 _SCHEMA = """
@@ -69,9 +71,8 @@ class DurationHistory:
     def _connect(self) -> Iterator[sqlite3.Connection]:
         """A connection for one transaction, closed afterwards."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=30)
+        db = connect_shared(self.path)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
             with db:
                 yield db

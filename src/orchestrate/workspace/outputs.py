@@ -1,10 +1,11 @@
 """Turn a task's answer into files in the run's ``outputs/`` folder, through staging.
 
 An answer carries files as FILE blocks; a task with an ``output_file`` also gets its
-whole answer there when no block names that file. The files go into the task's staging
-area first (confined, locked, atomic, scanned for secrets), together with anything the
-task wrote through the file tools, and the area is merged into ``outputs/`` in one step.
-Every write, refusal, conflict, secret and unreadable block is an event in the run's log.
+whole answer there when no block names that file. While a task runs, the file tools
+write into its staging area; once it has succeeded that area is merged into
+``outputs/`` and the blocks of its answer follow it (confined, locked, atomic, scanned
+for secrets, under the same conflict rule). Every write, refusal, conflict, secret and
+unreadable block is an event in the run's log.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from orchestrate.errors import SecretFoundError, WriteRefusedError
 from orchestrate.safety.guards import SafetyGuards
 from orchestrate.store.events import EventLog, EventType
 from orchestrate.workspace.blocks import parse_file_blocks
-from orchestrate.workspace.staging import MergeResult, StagingAreas
-from orchestrate.workspace.writer import Workspace
+from orchestrate.workspace.staging import Conflict, MergeResult, StagingAreas
+from orchestrate.workspace.writer import Workspace, WrittenFile
 
 
 class OutputWriter:
@@ -59,10 +60,12 @@ class OutputWriter:
                 path=problem.path,
                 reason=problem.reason,
             )
-        area = self.staging.area(task)
+        written = self._record_merge(task, self.staging.merge(task))
         for path, content in blocks:
-            self._stage(task, area, path, content)
-        return self._record_merge(task, self.staging.merge(task))
+            published = self._publish(task, path, content)
+            if published is not None and published not in written:
+                written.append(published)
+        return written
 
     def take_refused(self, task: str) -> list[str]:
         """The paths refused for ``task`` since the last call."""
@@ -85,37 +88,47 @@ class OutputWriter:
                 )
         return destination.root
 
-    def _stage(self, task: str, area: Workspace, path: str, content: str) -> None:
+    def _publish(self, task: str, path: str, content: str) -> str | None:
         try:
-            staged = area.write(path, content)
+            written, conflict = self.staging.publish(task, path, content)
         except WriteRefusedError as exc:
             if isinstance(exc, SecretFoundError):
                 self._secret_event(task, path, "refused", exc.findings)
             self._refuse(task, path, str(exc))
-            return
-        if staged.findings:
-            self._secret_event(task, staged.path, "redacted", staged.findings)
+            return None
+        if written.findings:
+            self._secret_event(task, written.path, "redacted", written.findings)
+        if conflict is not None:
+            self._conflict_event(task, conflict)
+        self._written_event(task, written)
+        return written.path
 
     def _record_merge(self, task: str, merged: MergeResult) -> list[str]:
         for path, reason in merged.refused:
             self._refuse(task, path, reason)
         for conflict in merged.conflicts:
-            self._events.emit(
-                EventType.FILE_CONFLICT,
-                task=task,
-                path=conflict.path,
-                winner=conflict.winner,
-                loser=conflict.loser,
-            )
+            self._conflict_event(task, conflict)
         for written in merged.written:
-            self._events.emit(
-                EventType.FILE_WRITTEN,
-                task=task,
-                path=written.path,
-                bytes=written.size_bytes,
-                replaced=written.replaced,
-            )
+            self._written_event(task, written)
         return [written.path for written in merged.written]
+
+    def _conflict_event(self, task: str, conflict: Conflict) -> None:
+        self._events.emit(
+            EventType.FILE_CONFLICT,
+            task=task,
+            path=conflict.path,
+            winner=conflict.winner,
+            loser=conflict.loser,
+        )
+
+    def _written_event(self, task: str, written: WrittenFile) -> None:
+        self._events.emit(
+            EventType.FILE_WRITTEN,
+            task=task,
+            path=written.path,
+            bytes=written.size_bytes,
+            replaced=written.replaced,
+        )
 
     def _refuse(self, task: str, path: str, reason: str) -> None:
         self._events.emit(EventType.FILE_REFUSED, task=task, path=path, reason=reason)

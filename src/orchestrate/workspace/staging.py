@@ -11,13 +11,17 @@ Its file replaces the earlier one and a ``Conflict`` names both tasks, which the
 records as a ``file_conflict`` event. A later task usually read the earlier one's output
 (it depends on it), so its version is the more informed; identical content is no conflict.
 Merges run one at a time, so a task's files land together and the order is well defined.
+
+Files that a task hands over only once it has succeeded (the FILE blocks of its answer)
+skip the round trip through its area: ``publish`` gives them the same checks, scan and
+conflict rule on the way straight into outputs.
 """
 
 from __future__ import annotations
 
 import shutil
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +29,7 @@ from orchestrate.errors import UnsafePathError
 from orchestrate.workspace.writer import Workspace, WrittenFile, check_relative_path
 
 if TYPE_CHECKING:
-    from orchestrate.safety.secrets import SecretScanner
+    from orchestrate.safety.secrets import SecretFinding, SecretScanner
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class StagingAreas:
                     lock_dir=self.outputs.lock_dir,
                     scanner=self.scanner,
                     max_file_bytes=self.outputs.max_file_bytes,
+                    durable=False,
                 )
             return self._areas[task]
 
@@ -85,6 +90,19 @@ class StagingAreas:
                 self._merge_file(task, staged, relative, result)
         shutil.rmtree(staged.root, ignore_errors=True)
         return result
+
+    def publish(self, task: str, path: str, content: str) -> tuple[WrittenFile, Conflict | None]:
+        """Write one file of a succeeded task straight into outputs, scanned first.
+
+        Raises UnsafePathError or SecretFoundError when the file is refused.
+        """
+        findings: tuple[SecretFinding, ...] = ()
+        if self.scanner is not None:
+            content, findings = self.scanner.check(check_relative_path(path).as_posix(), content)
+        with self._merge_lock:
+            written = self.outputs.write(path, content)
+            conflict = self._claim(task, written)
+        return replace(written, findings=findings), conflict
 
     def discard(self, task: str) -> None:
         """Drop a failed or cancelled task's files; nothing of them reaches outputs."""
@@ -105,9 +123,16 @@ class StagingAreas:
         except UnsafePathError as exc:
             result.refused.append((relative, str(exc)))
             return
-        with self._lock:
-            previous = self._owners.get(relative)
-            self._owners[relative] = task
-        if previous is not None and previous != task and written.changed:
-            result.conflicts.append(Conflict(relative, winner=task, loser=previous))
+        conflict = self._claim(task, written)
+        if conflict is not None:
+            result.conflicts.append(conflict)
         result.written.append(written)
+
+    def _claim(self, task: str, written: WrittenFile) -> Conflict | None:
+        """Record ``task`` as the owner of a path it wrote; a conflict if another had it."""
+        with self._lock:
+            previous = self._owners.get(written.path)
+            self._owners[written.path] = task
+        if previous is not None and previous != task and written.changed:
+            return Conflict(written.path, winner=task, loser=previous)
+        return None

@@ -103,6 +103,7 @@ class Workspace:
         lock_dir: Path | None = None,
         scanner: SecretScanner | None = None,
         max_file_bytes: int = MAX_FILE_BYTES,
+        durable: bool = True,
     ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root.resolve()
@@ -110,6 +111,9 @@ class Workspace:
         self.lock_dir.mkdir(parents=True, exist_ok=True)
         self.scanner = scanner
         self.max_file_bytes = max_file_bytes
+        # Scratch space (a staging area, wiped after a crash) skips the fsyncs: the file
+        # becomes durable when it is merged into outputs, which is written durably.
+        self.durable = durable
 
     def write(self, raw_path: str, content: str) -> WrittenFile:
         """Write one file atomically; raise UnsafePathError (or SecretFoundError) if refused."""
@@ -126,7 +130,7 @@ class Workspace:
             current = _read_regular(target)
             if current == data:
                 return WrittenFile(relative.as_posix(), len(data), True, False, findings)
-            _replace_atomically(target, data)
+            _replace_atomically(target, data, durable=self.durable)
         return WrittenFile(relative.as_posix(), len(data), current is not None, True, findings)
 
     def read(self, raw_path: str) -> str:
@@ -210,20 +214,22 @@ def _read_regular(target: Path, limit: int | None = None) -> bytes | None:
         return stream.read()
 
 
-def _replace_atomically(target: Path, data: bytes) -> None:
+def _replace_atomically(target: Path, data: bytes, *, durable: bool) -> None:
     handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".part")
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
+            if durable:
+                stream.flush()
+                os.fsync(stream.fileno())
         temp = Path(temp_name)
         temp.chmod(0o644)
         temp.replace(target)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
-    _fsync_folder(target.parent)
+    if durable:
+        _fsync_folder(target.parent)
 
 
 def _fsync_folder(folder: Path) -> None:
