@@ -11,7 +11,6 @@ they happen.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
@@ -40,7 +39,7 @@ from orchestrate.scheduler.policy import TaskPolicy
 from orchestrate.store.checkpoint import Checkpoint, FinishedTask
 from orchestrate.store.events import Event, EventLog, EventType, utc_now
 from orchestrate.store.history import DurationHistory, task_weights
-from orchestrate.store.runs import RunFolder, RunRecord, RunStatus, RunStore, TaskRecord
+from orchestrate.store.runs import RunFolder, RunRecord, RunStatus, RunStore
 from orchestrate.workspace.outputs import OutputWriter
 
 logger = logging.getLogger(__name__)
@@ -141,25 +140,14 @@ class BuildRun(ExecutionListener):
     ) -> BuildRun:
         """Create a new run folder for ``spec`` and prepare to run the whole crew."""
         folder = RunStore(options.runs_dir).create()
-        record = RunRecord(
-            id=folder.run_id,
-            spec_title=spec.title,
-            spec_text=spec.text,
-            spec_source=spec.source,
-            crew_file=str(crew.source),
-            crew=crew.config.model_dump(),
+        record = RunRecord.for_crew(
+            folder.run_id,
+            spec,
+            crew,
             model=options.model,
             workers=options.workers,
             max_tokens=options.max_tokens,
             temperature=options.temperature,
-            tasks={
-                name: TaskRecord(
-                    agent=task.agent,
-                    role=crew.config.agents[task.agent].role,
-                    depends_on=list(task.context),
-                )
-                for name, task in crew.config.tasks.items()
-            },
         )
         folder.save(record)
         return cls(folder, record, crew.config, backend, options, observer, guards)
@@ -213,7 +201,7 @@ class BuildRun(ExecutionListener):
             self.events.emit(EventType.ERROR, task=None, message=f"{type(exc).__name__}: {exc}")
             self._finish(RunStatus.FAILED, time.perf_counter() - started)
             raise
-        self.record.failure = _summarise_failure(outcome)
+        self.record.failure = outcome.failure_summary()
         self._finish(_status_of(outcome), time.perf_counter() - started)
         return BuildResult(self.record, self.folder)
 
@@ -388,19 +376,12 @@ class BuildRun(ExecutionListener):
         """Mark a resumed run live again; tasks without a checkpoint start from scratch."""
         finished = self.checkpoint.finished()
         self._restored = set(finished)
-        record = self.record
-        record.status, record.pid = RunStatus.RUNNING, os.getpid()
-        record.resumes += 1
-        record.ended_at = record.failure = record.verdict = None
-        record.workers, record.model = self.options.workers, self.options.model
-        for name, task in record.tasks.items():
-            done = finished.get(name)
-            if done is not None:
-                task.state, task.reason, task.files = TaskState.SUCCEEDED.value, None, done.files
-            else:
-                task.state, task.reason, task.files = TaskState.PENDING.value, None, []
-                task.started_at = task.ended_at = task.seconds = None
-        self.folder.save(record)
+        self.record.reopen(
+            {name: done.files for name, done in finished.items()},
+            model=self.options.model,
+            workers=self.options.workers,
+        )
+        self.folder.save(self.record)
 
     def _finish(self, status: RunStatus, seconds: float) -> None:
         with self._lock:
@@ -456,25 +437,6 @@ def _claim(folder: RunFolder) -> FileLock:
             f"or stop it first"
         ) from None
     return lock
-
-
-def _summarise_failure(outcome: ScheduleOutcome) -> str | None:
-    """One line naming the root cause and what it took down with it."""
-    cause = outcome.root_cause
-    if cause is None:
-        return None
-    skipped = [
-        task
-        for task, state in outcome.states.items()
-        if state is TaskState.SKIPPED and outcome.reasons.get(task) == f"its input '{cause}' failed"
-    ]
-    summary = f"task '{cause}' failed: {outcome.reasons.get(cause, 'unknown error')}"
-    if skipped:
-        summary += f"; skipped because of it: {', '.join(skipped)}"
-    others = [task for task in outcome.failed if task != cause]
-    if others:
-        summary += f"; also failed: {', '.join(others)}"
-    return summary
 
 
 def _status_of(outcome: ScheduleOutcome) -> RunStatus:

@@ -68,6 +68,38 @@ class Backend(Protocol):
     def count_tokens(self, messages: list[ChatMessage]) -> int: ...
 
 
+class BackendLayer:
+    """A backend that wraps another, adding one concern to ``complete``.
+
+    Everything else (name, identity, context window, loading, token counts) is the
+    wrapped backend's, so layers stack without changing what the model is.
+    """
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def context_window(self) -> int:
+        return self.inner.context_window
+
+    @property
+    def identity(self) -> str:
+        return self.inner.identity
+
+    def prepare(self) -> None:
+        self.inner.prepare()
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        return self.inner.complete(request)
+
+    def count_tokens(self, messages: list[ChatMessage]) -> int:
+        return self.inner.count_tokens(messages)
+
+
 BACKENDS = ("embedded", "scripted")
 
 

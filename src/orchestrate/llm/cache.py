@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrate.llm.backend import Backend, ChatMessage, Completion, CompletionRequest
+from orchestrate.llm.backend import Backend, BackendLayer, Completion, CompletionRequest
 from orchestrate.store.sqlite import connect_shared
 
 logger = logging.getLogger(__name__)
@@ -181,45 +181,27 @@ class ResponseCache:
                 broken.replace(f"{broken}.corrupt-{int(time.time())}")
 
 
-class CachingBackend:
+class CachingBackend(BackendLayer):
     """A backend that answers from the cache when it can and fills it when it cannot."""
 
     def __init__(self, inner: Backend, cache: ResponseCache, *, cache_sampled: bool) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._cache = cache
         self._cache_sampled = cache_sampled
 
-    @property
-    def name(self) -> str:
-        return self._inner.name
-
-    @property
-    def context_window(self) -> int:
-        return self._inner.context_window
-
-    @property
-    def identity(self) -> str:
-        return self._inner.identity
-
-    def prepare(self) -> None:
-        self._inner.prepare()
-
-    def count_tokens(self, messages: list[ChatMessage]) -> int:
-        return self._inner.count_tokens(messages)
-
     def complete(self, request: CompletionRequest) -> Completion:
         if request.temperature > 0 and not self._cache_sampled:
-            return self._inner.complete(request)
-        key = request_key(self._inner.identity, request)
+            return self.inner.complete(request)
+        key = request_key(self.inner.identity, request)
         if request.read_cache:
             cached = self._cache.get(key)
             if cached is not None:
                 return Completion(
                     cached.text, cached.prompt_tokens, cached.completion_tokens, cached=True
                 )
-        completion = self._inner.complete(request)
+        completion = self.inner.complete(request)
         # An empty answer is a failure, and a fallback model's answer is not this model's.
-        if completion.text.strip() and completion.model in (None, self._inner.name):
+        if completion.text.strip() and completion.model in (None, self.inner.name):
             self._cache.put(key, completion)
         return completion
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from orchestrate.errors import BudgetExceeded
-from orchestrate.llm.backend import Backend, ChatMessage, Completion, CompletionRequest
+from orchestrate.llm.backend import Backend, BackendLayer, Completion, CompletionRequest
 from orchestrate.safety.pricing import MICROS, Pricing
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ class SpendGuard:
             return self._fallback_backend
 
 
-class BudgetedBackend:
+class BudgetedBackend(BackendLayer):
     """A backend whose every call goes through the spend guard.
 
     It sits under the response cache, so a call the cache answers never touches the
@@ -92,27 +92,9 @@ class BudgetedBackend:
     """
 
     def __init__(self, inner: Backend, guard: SpendGuard) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._guard = guard
 
-    @property
-    def name(self) -> str:
-        return self._inner.name
-
-    @property
-    def context_window(self) -> int:
-        return self._inner.context_window
-
-    @property
-    def identity(self) -> str:
-        return self._inner.identity
-
-    def prepare(self) -> None:
-        self._inner.prepare()
-
-    def count_tokens(self, messages: list[ChatMessage]) -> int:
-        return self._inner.count_tokens(messages)
-
     def complete(self, request: CompletionRequest) -> Completion:
-        spent = self._guard.complete(self._inner, request, task=request.task)
+        spent = self._guard.complete(self.inner, request, task=request.task)
         return replace(spent.completion, model=spent.model, cost=spent.cost)

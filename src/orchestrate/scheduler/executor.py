@@ -82,6 +82,24 @@ class ScheduleOutcome:
     def failed(self) -> list[str]:
         return [task for task, state in self.states.items() if state is TaskState.FAILED]
 
+    def failure_summary(self) -> str | None:
+        """One line naming the root cause and what it took down with it."""
+        cause = self.root_cause
+        if cause is None:
+            return None
+        skipped = [
+            task
+            for task, state in self.states.items()
+            if state is TaskState.SKIPPED and self.reasons.get(task) == _skipped_because(cause)
+        ]
+        summary = f"task '{cause}' failed: {self.reasons.get(cause, 'unknown error')}"
+        if skipped:
+            summary += f"; skipped because of it: {', '.join(skipped)}"
+        others = [task for task in self.failed if task != cause]
+        if others:
+            summary += f"; also failed: {', '.join(others)}"
+        return summary
+
 
 @dataclass
 class _Running:
@@ -258,7 +276,7 @@ class DagExecutor(Generic[Result]):
         self._outcome.root_cause = self._outcome.root_cause or task
         for descendant in self._graph.descendants(task):
             if not self._outcome.states[descendant].is_terminal:
-                self._set(descendant, TaskState.SKIPPED, f"its input '{task}' failed")
+                self._set(descendant, TaskState.SKIPPED, _skipped_because(task))
         if self._fail_fast and self._stop_reason is None:
             self._stop(f"stopped by --fail-fast after '{task}' failed", time.monotonic())
 
@@ -364,6 +382,10 @@ class _DaemonPool:
     def _serve(self) -> None:
         while (attempt := self._jobs.get()) is not None:
             self._work(attempt)
+
+
+def _skipped_because(failed_task: str) -> str:
+    return f"its input '{failed_task}' failed"
 
 
 def describe_error(error: BaseException) -> str:

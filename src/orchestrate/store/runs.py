@@ -10,6 +10,7 @@ import glob
 import os
 import secrets
 import tempfile
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Any
 import psutil
 from pydantic import BaseModel, Field, ValidationError
 
-from orchestrate.crew.config import CrewConfig
+from orchestrate.crew.config import CrewConfig, LoadedCrew
+from orchestrate.crew.spec import Spec
 from orchestrate.errors import RunNotFoundError, SettingsError, describe_validation_error
 from orchestrate.store.events import utc_now
 
@@ -77,6 +79,57 @@ class RunRecord(BaseModel):
     out_dir: str | None = None
     verdict: str | None = None
     failure: str | None = None  # the root cause, when the run failed
+
+    @classmethod
+    def for_crew(
+        cls,
+        run_id: str,
+        spec: Spec,
+        crew: LoadedCrew,
+        *,
+        model: str,
+        workers: int,
+        max_tokens: int,
+        temperature: float,
+    ) -> RunRecord:
+        """The record of a new run of ``crew`` on ``spec``: every task pending."""
+        return cls(
+            id=run_id,
+            spec_title=spec.title,
+            spec_text=spec.text,
+            spec_source=spec.source,
+            crew_file=str(crew.source),
+            crew=crew.config.model_dump(),
+            model=model,
+            workers=workers,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            tasks={
+                name: TaskRecord(
+                    agent=task.agent,
+                    role=crew.config.agents[task.agent].role,
+                    depends_on=list(task.context),
+                )
+                for name, task in crew.config.tasks.items()
+            },
+        )
+
+    def reopen(self, finished: Mapping[str, list[str]], *, model: str, workers: int) -> None:
+        """Make a stopped run live again in this process.
+
+        ``finished`` maps each checkpointed task to its files; every other task goes
+        back to pending, its timings cleared (its tokens stay: they were spent).
+        """
+        self.status, self.pid, self.resumes = RunStatus.RUNNING, os.getpid(), self.resumes + 1
+        self.ended_at = self.failure = self.verdict = None
+        self.model, self.workers = model, workers
+        for name, task in self.tasks.items():
+            task.reason = None
+            if name in finished:
+                task.state, task.files = "succeeded", finished[name]
+            else:
+                task.state, task.files = "pending", []
+                task.started_at = task.ended_at = task.seconds = None
 
     @property
     def prompt_tokens(self) -> int:
