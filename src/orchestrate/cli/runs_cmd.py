@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import typer
@@ -18,6 +19,17 @@ from orchestrate.cli.common import (
 
 if TYPE_CHECKING:
     from orchestrate.store.runs import RunRecord
+    from orchestrate.store.usage import UsageTotals
+
+# The usage tables' columns that are always shown: header and cell of one row's totals.
+USAGE_COLUMNS: tuple[tuple[str, Callable[[UsageTotals], str]], ...] = (
+    ("calls", lambda totals: str(totals.calls)),
+    ("cached", lambda totals: str(totals.cached)),
+    ("failed", lambda totals: str(totals.failed)),
+    ("tokens in", lambda totals: str(totals.prompt_tokens)),
+    ("tokens out", lambda totals: str(totals.completion_tokens)),
+    ("tok/s", lambda totals: _rate(totals.tokens_per_second)),
+)
 
 
 @reports_errors
@@ -68,19 +80,26 @@ def list_runs(
 @reports_errors
 def show(
     run_id: str = typer.Argument(..., help="A run id, or the start of one."),
-    json_output: bool = typer.Option(False, "--json", help="Print run.json as it is."),
+    json_output: bool = typer.Option(
+        False, "--json", help="Print run.json as it is, plus usage totals under 'usage'."
+    ),
 ) -> None:
-    """Show a run's tasks, timings, tokens and files.
+    """Show a run's tasks, timings, tokens and files, and model usage per agent and model.
 
     Example: orchestrate show 20261203-1850
     """
     from orchestrate.settings import load_settings
     from orchestrate.store.runs import RunStore
+    from orchestrate.store.usage import run_events, usage_by
 
     folder = RunStore(load_settings().runs_dir).find(run_id)
     record = folder.load()
+    events = run_events(folder)
+    by_agent, by_model = usage_by(events, "agent"), usage_by(events, "model")
     if json_output:
-        console.print_json(record.model_dump_json())
+        stored = json.loads(record.model_dump_json())
+        stored["usage"] = {"by_agent": _usage_json(by_agent), "by_model": _usage_json(by_model)}
+        console.print_json(json.dumps(stored))
         return
     console.print(f"[bold]Run {record.id}[/] {styled_state(_status(record))}: {record.spec_title}")
     console.print(
@@ -123,6 +142,10 @@ def show(
         console.print(f"  resumed {record.resumes} time(s)")
     for path in record.refused_files:
         console.print(f"  refused: {path!r}", highlight=False)
+    if any(totals.calls or totals.cached for totals in by_model.values()):
+        currency = _currency(record)
+        console.print(_usage_table("By agent", "agent", by_agent, currency=currency))
+        console.print(_usage_table("By model", "model", by_model, currency=currency))
     console.print(f"  folder: {folder.path}", highlight=False)
 
 
@@ -156,6 +179,44 @@ def tail(
                 console.print(describe_event(event), highlight=False, soft_wrap=True)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+def _usage_table(
+    title: str, key: str, totals: dict[str, UsageTotals], *, currency: str | None
+) -> Table:
+    """One row per agent or model; cost only when something cost, fallbacks only if any."""
+    columns = list(USAGE_COLUMNS)
+    if any(row.cost for row in totals.values()):
+        columns.append(("cost", lambda row: _money(row.cost, currency)))
+    if any(row.fallbacks for row in totals.values()):
+        columns.append(("fallbacks", lambda row: str(row.fallbacks)))
+    table = Table(
+        title=title, title_justify="left", title_style="bold", header_style="bold", box=None
+    )
+    table.add_column(key)
+    for header, _ in columns:
+        table.add_column(header, justify="right")
+    for name, row in totals.items():
+        table.add_row(name, *(cell(row) for _, cell in columns))
+    return table
+
+
+def _usage_json(totals: dict[str, UsageTotals]) -> dict[str, dict[str, object]]:
+    return {name: row.as_json() for name, row in totals.items()}
+
+
+def _rate(tokens_per_second: float | None) -> str:
+    return "-" if tokens_per_second is None else f"{tokens_per_second:.1f}"
+
+
+def _money(amount: float, currency: str | None) -> str:
+    return f"{amount:.4f} {currency}" if currency else f"{amount:.4f}"
+
+
+def _currency(record: RunRecord) -> str | None:
+    """The currency the run's costs are in, when its record says (older ones do not)."""
+    currency = getattr(record, "currency", None)
+    return currency if isinstance(currency, str) else None
 
 
 def _status(record: RunRecord) -> str:
