@@ -27,6 +27,7 @@ from orchestrate.crew.spec import Spec
 from orchestrate.errors import RunInUseError, UnparseableOutputError
 from orchestrate.llm.adapter import CallRecord, OrchestrateLLM
 from orchestrate.llm.backend import Backend
+from orchestrate.llm.models import ModelRouter
 from orchestrate.safety.guards import SafetyGuards
 from orchestrate.scheduler.executor import (
     DagExecutor,
@@ -104,7 +105,7 @@ class BuildRun(ExecutionListener):
         folder: RunFolder,
         record: RunRecord,
         crew: CrewConfig,
-        backend: Backend,
+        models: ModelRouter | Backend,
         options: BuildOptions,
         observer: BuildObserver | None = None,
         guards: SafetyGuards | None = None,
@@ -112,7 +113,8 @@ class BuildRun(ExecutionListener):
         self.folder, self.record, self.crew = folder, record, crew
         self.guards = guards or SafetyGuards()
         self.graph = crew.graph()
-        self.backend, self.options = backend, options
+        self.options = options
+        self.models = models if isinstance(models, ModelRouter) else ModelRouter.single(models)
         self.cancel = threading.Event()
         self._lock = threading.Lock()
         self._run_lock = _claim(folder)
@@ -133,7 +135,7 @@ class BuildRun(ExecutionListener):
         cls,
         spec: Spec,
         crew: LoadedCrew,
-        backend: Backend,
+        models: ModelRouter | Backend,
         options: BuildOptions,
         observer: BuildObserver | None = None,
         guards: SafetyGuards | None = None,
@@ -150,13 +152,13 @@ class BuildRun(ExecutionListener):
             temperature=options.temperature,
         )
         folder.save(record)
-        return cls(folder, record, crew.config, backend, options, observer, guards)
+        return cls(folder, record, crew.config, models, options, observer, guards)
 
     @classmethod
     def resume(
         cls,
         folder: RunFolder,
-        backend: Backend,
+        models: ModelRouter | Backend,
         options: BuildOptions,
         observer: BuildObserver | None = None,
         guards: SafetyGuards | None = None,
@@ -164,7 +166,7 @@ class BuildRun(ExecutionListener):
         """Reopen an unfinished run: its checkpointed tasks stay done, the rest run again."""
         record = folder.load()
         crew = record.crew_config()
-        run = cls(folder, record, crew, backend, options, observer, guards)
+        run = cls(folder, record, crew, models, options, observer, guards)
         run._reset_unfinished_tasks()
         return run
 
@@ -230,7 +232,7 @@ class BuildRun(ExecutionListener):
         task = self.crew.tasks[name]
         usage = _AttemptUsage()
         llm = OrchestrateLLM(
-            backend=self.backend,
+            backend=self.models.for_agent(task.agent),
             task=name,
             agent=task.agent,
             max_tokens=self.options.max_tokens,
@@ -239,6 +241,7 @@ class BuildRun(ExecutionListener):
             on_call=lambda call: self._on_call(call, usage),
             on_progress=self._progress_reporter(name),
             read_cache=attempt.number == 1,
+            on_event=lambda kind, fields: self._on_model_event(name, kind, fields),
         )
         started = time.perf_counter()
         try:
@@ -326,6 +329,10 @@ class BuildRun(ExecutionListener):
             record.prompt_tokens += call.prompt_tokens
             record.completion_tokens += call.completion_tokens
             record.cost += call.cost
+
+    def _on_model_event(self, task: str, kind: str, fields: dict[str, Any]) -> None:
+        """A retry, a circuit change or a fallback on the way to one of the task's answers."""
+        self.events.emit(EventType(kind), task=task, **fields)
 
     def _progress_reporter(self, task: str) -> Callable[[int], None] | None:
         observer = self._observer

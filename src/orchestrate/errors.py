@@ -80,7 +80,14 @@ class BackendError(OrchestrateError):
 
 
 class TransientError(BackendError):
-    """A failure that may go away on its own; the scheduler retries it with backoff."""
+    """A failure that may go away on its own; it is retried with backoff.
+
+    ``retry_after`` is the backend's own hint, in seconds, of when to try again.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class BackendTimeoutError(TransientError):
@@ -88,11 +95,19 @@ class BackendTimeoutError(TransientError):
 
 
 class RateLimitedError(TransientError):
-    """The backend refused the request for now; ``retry_after`` is its hint in seconds."""
+    """The backend refused the request for now (HTTP 429)."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+
+class BackendUnavailableError(TransientError):
+    """The backend could not be reached, or dropped the connection."""
+
+
+class CircuitOpenError(TransientError):
+    """Recent calls to this backend kept failing, so it is not asked until it cools down."""
+
+
+class AllBackendsFailedError(TransientError):
+    """Every model of the fallback chain failed this call."""
 
 
 class ServerError(TransientError):
@@ -101,6 +116,10 @@ class ServerError(TransientError):
 
 class UnparseableOutputError(TransientError):
     """The answer came back but cannot be used (empty, or cut off mid-file)."""
+
+
+class BackendRefusedError(BackendError):
+    """The backend answered that the request itself is wrong: retrying will not help."""
 
 
 class TaskTimeoutError(OrchestrateError):

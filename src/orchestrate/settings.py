@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from platformdirs import user_state_path
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -31,6 +32,7 @@ class Settings(BaseSettings):
         extra="ignore",
         toml_file=TOML_FILE,
         validate_default=True,
+        populate_by_name=True,
     )
 
     home: Path = Field(
@@ -63,6 +65,56 @@ class Settings(BaseSettings):
     )
     cache_max_mb: float = Field(
         256.0, gt=0, le=1_000_000, description="Size of the response cache before eviction."
+    )
+
+    # Model backends: where they are, and how hard to try each one.
+    fallbacks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Models tried in order when the main one fails (comma-separated).",
+    )
+    ollama_host: str = Field(
+        "http://127.0.0.1:11434",
+        validation_alias=AliasChoices("ORCHESTRATE_OLLAMA_HOST", "OLLAMA_HOST", "ollama_host"),
+        description="The Ollama server (OLLAMA_HOST works too).",
+    )
+    openai_base_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "ORCHESTRATE_OPENAI_BASE_URL", "OPENAI_BASE_URL", "openai_base_url"
+        ),
+        description="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 for vLLM.",
+    )
+    openai_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "ORCHESTRATE_OPENAI_API_KEY", "OPENAI_API_KEY", "openai_api_key"
+        ),
+        description="Key for the OpenAI-compatible endpoint (OPENAI_API_KEY works too).",
+    )
+    llm_timeout_seconds: float = Field(
+        120.0, gt=0, le=3600, description="Longest one remote model call may take."
+    )
+    llm_stream: bool = Field(True, description="Stream remote answers (tokens per second live).")
+    llm_retry_max_attempts: int = Field(
+        3, ge=1, le=20, description="Tries per model call for 429, 5xx, timeouts, resets."
+    )
+    llm_retry_base_seconds: float = Field(
+        0.5, ge=0, le=600, description="First backoff between call tries; doubles each time."
+    )
+    llm_retry_cap_seconds: float = Field(
+        10.0, ge=0, le=3600, description="Longest backoff between call tries."
+    )
+    breaker_failure_threshold: int = Field(
+        5, ge=1, le=1000, description="Failures in a row that open a backend's circuit."
+    )
+    breaker_reset_seconds: float = Field(
+        30.0, gt=0, le=3600, description="How long an open circuit waits before a trial call."
+    )
+    tokenizer_file: Path | None = Field(
+        None, description="tokenizer.json to count tokens when a server reports no usage."
+    )
+    context_window: int = Field(
+        8192, ge=256, le=10_000_000, description="Context window of remote models, in tokens."
     )
 
     # Locked, atomic, confined writes.
@@ -115,7 +167,16 @@ class Settings(BaseSettings):
             raise ValueError("give three shares between 0 and 1, largest first")
         return shares
 
-    @field_validator("home", "runs_dir", "crew_file", "embedded_model", "pricing_file")
+    @field_validator("fallbacks", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator(
+        "home", "runs_dir", "crew_file", "embedded_model", "pricing_file", "tokenizer_file"
+    )
     @classmethod
     def _expand_home(cls, path: Path | None) -> Path | None:
         return path.expanduser() if path is not None else None
@@ -153,6 +214,18 @@ class Settings(BaseSettings):
             self.retry_max_attempts, self.retry_base_seconds, self.retry_cap_seconds
         )
         return TaskPolicy(retry, self.task_timeout_seconds)
+
+    def model_chain(self, model: str | None = None) -> list[str]:
+        """``model`` (default: the main model), then each fallback not already in it."""
+        chain = [model or self.model]
+        chain += [name for name in self.fallbacks if name not in chain]
+        return chain
+
+    def retry_policy_per_call(self) -> RetryPolicy:
+        """How often one model call is tried before its model is given up on."""
+        return RetryPolicy(
+            self.llm_retry_max_attempts, self.llm_retry_base_seconds, self.llm_retry_cap_seconds
+        )
 
     @property
     def locks_dir(self) -> Path:

@@ -9,7 +9,15 @@ from __future__ import annotations
 import typer
 
 from orchestrate import __version__
-from orchestrate.cli import budget_cmd, build_cmd, doctor_cmd, gpu_cmd, graph_cmd, runs_cmd
+from orchestrate.cli import (
+    budget_cmd,
+    build_cmd,
+    doctor_cmd,
+    gpu_cmd,
+    graph_cmd,
+    models_cmd,
+    runs_cmd,
+)
 from orchestrate.cli.cache_cmd import cache_app
 
 app = typer.Typer(
@@ -44,6 +52,7 @@ app.command("show")(runs_cmd.show)
 app.command("tail")(runs_cmd.tail)
 app.command("graph")(graph_cmd.graph)
 app.command("doctor")(doctor_cmd.doctor)
+app.command("models")(models_cmd.models)
 app.add_typer(cache_app, name="cache")
 app.command("budget")(budget_cmd.budget)
 app.command("gpu")(gpu_cmd.gpu)

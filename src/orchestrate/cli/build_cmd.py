@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from orchestrate.build import BuildOptions, BuildResult, BuildRun
-    from orchestrate.crew.config import TaskConfig
-    from orchestrate.llm.backend import Backend
+    from orchestrate.crew.config import CrewConfig, TaskConfig
+    from orchestrate.llm.models import ModelRouter
     from orchestrate.safety.guards import SafetyGuards
     from orchestrate.settings import Settings
 
@@ -41,7 +41,15 @@ def build(
     ),
     crew: Path | None = typer.Option(None, "--crew", help="Crew YAML (default: bundled crew)."),
     model: str | None = typer.Option(
-        None, "--model", help="BACKEND:NAME, e.g. embedded:smollm2-135m or scripted:FILE."
+        None,
+        "--model",
+        help="BACKEND:NAME: embedded:smollm2-135m, ollama:MODEL, openai:MODEL or scripted:FILE.",
+    ),
+    fallback: list[str] | None = typer.Option(
+        None,
+        "--fallback",
+        metavar="MODEL",
+        help="A model to try when the main one fails; repeat for a chain.",
     ),
     workers: int | None = typer.Option(None, "--workers", help="Tasks run at the same time."),
     out: Path | None = typer.Option(None, "--out", help="Also copy the generated files here."),
@@ -75,17 +83,23 @@ def build(
         return
     if spec is None:
         raise UserInputError("give a SPEC (text or a file), or --resume RUN_ID")
-    settings = load_settings(model=model, workers=workers, crew_file=crew, max_tokens=max_tokens)
+    settings = load_settings(
+        model=model,
+        fallbacks=fallback or None,
+        workers=workers,
+        crew_file=crew,
+        max_tokens=max_tokens,
+    )
     _check_out(out)
     configure_logging(settings.log_level)
     the_spec = load_spec(spec)
     loaded_crew = load_crew(settings.crew_file)
-    backend, guards = _prepare_backend(settings, use_cache=not no_cache)
+    models, guards = _prepare_models(settings, loaded_crew.config, use_cache=not no_cache)
     from orchestrate.build import BuildRun
 
     options = _options(settings, out, fail_fast)
     view = _progress_view(loaded_crew.config.tasks, quiet=json_output)
-    run = BuildRun.start(the_spec, loaded_crew, backend, options, observer=view, guards=guards)
+    run = BuildRun.start(the_spec, loaded_crew, models, options, observer=view, guards=guards)
     _execute(run, view, json_output)
 
 
@@ -138,13 +152,13 @@ def _resume(
     )
     _check_out(out)
     configure_logging(settings.log_level)
-    backend, guards = _prepare_backend(settings, use_cache=not no_cache)
+    crew = record.crew_config()
+    models, guards = _prepare_models(settings, crew, use_cache=not no_cache)
     from orchestrate.build import BuildRun
 
-    crew_tasks = record.crew_config().tasks
-    view = _progress_view(crew_tasks, quiet=json_output)
+    view = _progress_view(crew.tasks, quiet=json_output)
     options = _options(settings, out, fail_fast)
-    run = BuildRun.resume(folder, backend, options, observer=view, guards=guards)
+    run = BuildRun.resume(folder, models, options, observer=view, guards=guards)
     _execute(run, view, json_output)
 
 
@@ -155,42 +169,44 @@ def _check_out(out: Path | None) -> None:
         raise UserInputError(f"--out {out} is a file; give a folder (it is created if missing)")
 
 
-def _prepare_backend(settings: Settings, *, use_cache: bool) -> tuple[Backend, SafetyGuards]:
-    """Build the run's guards and its layered backend, and load the model's weights.
+def _prepare_models(
+    settings: Settings, crew: CrewConfig, *, use_cache: bool
+) -> tuple[ModelRouter, SafetyGuards]:
+    """Build the run's guards and the model chain of each agent, and get them ready.
 
-    From the outside in: the response cache (a hit costs nothing and needs no budget),
-    the spend guard (reserve, call, settle), then the model, which takes a device lease
-    around each generation.
+    Each model is layered (see llm/models.py): the response cache, the spend guard,
+    retries and a circuit breaker for remote models, then the model itself, which takes
+    a device lease around each local generation. Getting ready loads local weights and
+    checks that a remote server answers; it fails only when no model of a chain can.
     """
-    from orchestrate.llm.backend import create_backend
+    from orchestrate.llm.models import LinkFactory, build_router, models_in_use
     from orchestrate.safety.gpu import GpuLeaseManager
     from orchestrate.safety.guards import build_guards
 
-    backend = create_backend(
-        settings.model,
-        models_dir=settings.models_dir,
-        embedded_model=settings.embedded_model,
-        leases=GpuLeaseManager.from_settings(settings),
-    )
-    guards = build_guards(settings)  # after the model name is known to be valid
-    if guards.spend_guard is not None:
-        from orchestrate.safety.spend import BudgetedBackend
-
-        backend = BudgetedBackend(backend, guards.spend_guard)
+    agent_models = crew.models(settings.model)
+    every_model = models_in_use(settings, agent_models, settings.model)
+    guards = build_guards(settings, every_model)  # after the model names are known valid
+    cache = None
     if use_cache and settings.cache:
-        from orchestrate.llm.cache import CachingBackend, ResponseCache
+        from orchestrate.llm.cache import ResponseCache
 
         cache = ResponseCache(settings.cache_path, max_bytes=int(settings.cache_max_mb * 2**20))
-        backend = CachingBackend(backend, cache, cache_sampled=settings.cache_sampled)
+    links = LinkFactory(
+        settings,
+        leases=GpuLeaseManager.from_settings(settings),
+        spend_guard=guards.spend_guard,
+        cache=cache,
+    )
+    router = build_router(links, agent_models, settings.model)
     try:
-        with err_console.status(f"Loading CrewAI and {settings.model}…"):
+        with err_console.status(f"Loading CrewAI and {', '.join(router.models)}…"):
             import orchestrate.build  # noqa: F401  (imports crewai, the slow part)
 
-            backend.prepare()
+            router.prepare()
     except KeyboardInterrupt:
         err_console.print("interrupted before the run started")
         raise typer.Exit(130) from None
-    return backend, guards
+    return router, guards
 
 
 def _options(settings: Settings, out: Path | None, fail_fast: bool) -> BuildOptions:

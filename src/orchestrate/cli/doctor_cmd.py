@@ -8,11 +8,16 @@ import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from orchestrate.cli.common import console, reports_errors
+
+if TYPE_CHECKING:
+    from orchestrate.llm.probe import Probe
+    from orchestrate.settings import Settings
 
 MIN_FREE_BYTES = 2 * 1024**3  # a converted model takes ~0.5 GB, runs are small
 REQUIRED_PACKAGES = ("crewai", "torch", "transformers", "gguf", "accelerate")
@@ -28,10 +33,11 @@ class Check:
 @reports_errors
 def doctor(
     load: bool = typer.Option(
-        False, "--load", help="Also load the embedded model and time a short answer."
+        False, "--load", help="Also load (or call) the main model and time a short answer."
     ),
 ) -> None:
-    """Check Python, packages, disk, the embedded model and the state directory.
+    """Check Python, packages, disk, the embedded model, the state directory and each
+    configured remote backend (reachable, model present, latency).
 
     Example: orchestrate doctor --load
     """
@@ -41,10 +47,9 @@ def doctor(
     checks = [_python(), *_packages(), *_folders(settings.home, settings.runs_dir)]
     checks.append(_crew(settings.crew_file))
     checks.append(_embedded_model(settings.embedded_model, settings.models_dir))
+    checks += _remote_models(settings)
     if load:
-        checks.append(
-            _load_and_answer(settings.model, settings.models_dir, settings.embedded_model)
-        )
+        checks.append(_load_and_answer(settings))
     table = Table(header_style="bold", box=None)
     for column in ("check", "status", "detail"):
         table.add_column(column)
@@ -117,15 +122,70 @@ def _embedded_model(override: Path | None, models_dir: Path) -> Check:
     return Check("embedded model", "ok", f"{source.path.name} ({size:.0f} MiB); {cache}")
 
 
-def _load_and_answer(model: str, models_dir: Path, override: Path | None) -> Check:
+def _remote_models(settings: Settings) -> list[Check]:
+    """One check per remote model the settings and crew name; Ollama's models listed."""
+    from orchestrate.llm.models import REMOTE_BACKENDS, connections_from
+    from orchestrate.llm.probe import probe_for, probe_ollama
+
+    connections = connections_from(settings)
+    probes: dict[str, Probe] = {}
+    checks = []
+    for model in _configured_models(settings):
+        backend, name = model.split(":", 1)
+        if backend not in REMOTE_BACKENDS:
+            continue
+        if backend not in probes:
+            probes[backend] = probe_for(model, connections)
+        checks.append(_model_check(model, name, probes[backend]))
+    ollama = probes.get("ollama") or probe_ollama(connections)
+    if ollama.reachable:
+        listed = ", ".join(ollama.models) or "none: pull one with `ollama pull llama3.2`"
+        checks.append(Check("ollama models", "ok", f"{ollama.where}: {listed}"))
+    elif "ollama" not in probes:  # nothing needs it: say so without failing
+        checks.append(Check("ollama", "warn", f"not running at {ollama.where} (optional)"))
+    return checks
+
+
+def _configured_models(settings: Settings) -> list[str]:
+    from orchestrate.crew.config import load_crew
+    from orchestrate.errors import OrchestrateError
+    from orchestrate.llm.models import models_in_use
+
+    try:
+        agent_models = load_crew(settings.crew_file).config.models(settings.model)
+        return models_in_use(settings, agent_models, settings.model)
+    except OrchestrateError:  # the crew check reports a broken crew file
+        return settings.model_chain()
+
+
+def _model_check(model: str, name: str, probe: Probe) -> Check:
+    if not probe.reachable:
+        return Check(f"model {model}", "fail", probe.error or "unreachable")
+    latency = f"{probe.where} answered in {probe.latency_ms:.0f} ms"
+    if not probe.listed:
+        return Check(f"model {model}", "ok", f"{latency}; it does not list its models")
+    if probe.has(name):
+        return Check(f"model {model}", "ok", f"{latency}; model present")
+    hint = f"run `ollama pull {name}`" if probe.backend == "ollama" else "check the name"
+    return Check(f"model {model}", "fail", f"{latency}; no model '{name}' there: {hint}")
+
+
+def _load_and_answer(settings: Settings) -> Check:
     import threading
     import time
 
     from orchestrate.errors import OrchestrateError
     from orchestrate.llm.backend import CompletionRequest, create_backend
+    from orchestrate.llm.models import connections_from
 
+    model = settings.model
     try:
-        backend = create_backend(model, models_dir=models_dir, embedded_model=override)
+        backend = create_backend(
+            model,
+            models_dir=settings.models_dir,
+            embedded_model=settings.embedded_model,
+            connections=connections_from(settings),
+        )
         started = time.perf_counter()
         backend.prepare()
         loaded = time.perf_counter() - started

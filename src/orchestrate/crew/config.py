@@ -24,7 +24,8 @@ from pydantic import (
 
 from orchestrate.bundled import default_crew_file
 from orchestrate.crew.graph import TaskGraph
-from orchestrate.errors import CrewError, describe_validation_error
+from orchestrate.errors import CrewError, ModelNotFoundError, describe_validation_error
+from orchestrate.llm.backend import parse_model_name
 from orchestrate.scheduler.policy import TaskPolicy
 from orchestrate.workspace.writer import UnsafePathError, check_relative_path
 
@@ -52,8 +53,21 @@ class AgentConfig(BaseModel):
     role: NonEmptyText
     goal: NonEmptyText
     backstory: NonEmptyText
+    # BACKEND:NAME for this agent alone (a strong model for the architect, a cheap one
+    # for docs); None: the run's model. The run's fallback models back it up.
+    model: str | None = None
     retry: RetryConfig | None = None
     timeout_seconds: float | None = Field(None, gt=0, le=86400)
+
+    @field_validator("model")
+    @classmethod
+    def _known_backend(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_model_name(value)
+            except ModelNotFoundError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
 
 class TaskConfig(BaseModel):
@@ -98,6 +112,10 @@ class CrewConfig(BaseModel):
 
     def graph(self) -> TaskGraph:
         return TaskGraph({name: task.context for name, task in self.tasks.items()})
+
+    def models(self, default: str) -> dict[str, str]:
+        """The model each agent talks to: its own, or ``default``."""
+        return {name: agent.model or default for name, agent in self.agents.items()}
 
     def policies(self, defaults: TaskPolicy) -> dict[str, TaskPolicy]:
         """Each task's retry and timeout policy: the task's keys, then its agent's, then

@@ -47,6 +47,7 @@ class OrchestrateLLM(BaseLLM):
     _on_call: Callable[[CallRecord], None] = PrivateAttr()
     _on_progress: Callable[[int], None] | None = PrivateAttr()
     _read_cache: bool = PrivateAttr()
+    _on_event: Callable[[str, dict[str, Any]], None] | None = PrivateAttr()
 
     def __init__(
         self,
@@ -60,6 +61,7 @@ class OrchestrateLLM(BaseLLM):
         on_call: Callable[[CallRecord], None],
         on_progress: Callable[[int], None] | None = None,
         read_cache: bool = True,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         super().__init__(model=backend.name, max_tokens=max_tokens, temperature=temperature)
         self._backend = backend
@@ -69,6 +71,7 @@ class OrchestrateLLM(BaseLLM):
         self._on_call = on_call
         self._on_progress = on_progress
         self._read_cache = read_cache
+        self._on_event = on_event
 
     def call(
         self,
@@ -94,6 +97,7 @@ class OrchestrateLLM(BaseLLM):
             on_progress=self._on_progress,
             read_cache=self._read_cache,
             task=self._task,
+            on_event=self._on_event,
         )
         started = time.perf_counter()
         try:

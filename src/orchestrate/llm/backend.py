@@ -1,7 +1,8 @@
 """What every model backend provides, and how a model name picks one.
 
 A model name is ``BACKEND:NAME``: ``embedded:smollm2-135m`` runs a small model inside
-the process; ``scripted:FILE`` answers from a YAML file (a test double).
+the process; ``ollama:llama3.2`` asks an Ollama server; ``openai:gpt-4o-mini`` asks any
+OpenAI-compatible endpoint; ``scripted:FILE`` answers from a YAML file (a test double).
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from orchestrate.errors import ModelNotFoundError
 
 if TYPE_CHECKING:
+    from orchestrate.llm.remote import Connections
     from orchestrate.safety.gpu import GpuLeaseManager
 
 ChatMessage = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": ...}
@@ -35,6 +37,9 @@ class CompletionRequest:
     # False on a retry: the cached answer is what the last attempt rejected.
     read_cache: bool = True
     task: str = ""  # the task asking, for the spend ledger's records
+    # Told of what happens on the way to an answer (a retry, a circuit opening, a switch
+    # to the fallback model) as (kind, fields), so the run can record it as an event.
+    on_event: Callable[[str, dict[str, Any]], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +105,7 @@ class BackendLayer:
         return self.inner.count_tokens(messages)
 
 
-BACKENDS = ("embedded", "scripted")
+BACKENDS = ("embedded", "ollama", "openai", "scripted")
 
 
 def parse_model_name(model: str) -> tuple[str, str]:
@@ -120,12 +125,18 @@ def create_backend(
     models_dir: Path,
     embedded_model: Path | None = None,
     leases: GpuLeaseManager | None = None,
+    connections: Connections | None = None,
 ) -> Backend:
     """Build the backend a model name asks for; nothing heavy is loaded yet.
 
-    With ``leases``, a local model holds a device lease around each generation.
+    With ``leases``, a local model holds a device lease around each generation;
+    ``connections`` says where the remote backends are.
     """
     backend, name = parse_model_name(model)
+    if backend in ("ollama", "openai"):
+        from orchestrate.llm.remote import Connections
+
+        return _remote_backend(backend, name, connections or Connections())
     if backend == "scripted":
         from orchestrate.llm.scripted import ScriptedBackend
 
@@ -134,3 +145,13 @@ def create_backend(
 
     source = locate_embedded_model(name, override=embedded_model)
     return EmbeddedBackend(model, source, models_dir, leases=leases)
+
+
+def _remote_backend(backend: str, name: str, connections: Connections) -> Backend:
+    if backend == "ollama":
+        from orchestrate.llm.ollama_backend import OllamaBackend
+
+        return OllamaBackend(name, connections)
+    from orchestrate.llm.openai_backend import OpenAIBackend
+
+    return OpenAIBackend(name, connections)

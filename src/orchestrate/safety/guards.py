@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,17 +28,23 @@ class SafetyGuards:
     spend_guard: SpendGuard | None = None  # reserves and settles paid model calls
 
 
-def build_guards(settings: Settings) -> SafetyGuards:
-    """Every guard of a build, from settings; fails early on an unpriced model."""
+def build_guards(settings: Settings, models: Iterable[str] = ()) -> SafetyGuards:
+    """Every guard of a build, from settings; fails early on an unpriced model.
+
+    ``models`` are all the models the build may call (agents' own, fallbacks); the
+    main model is always among them.
+    """
     from orchestrate.safety.limiter import LimiterConfig, WorkerLimiter
     from orchestrate.safety.pricing import load_pricing
     from orchestrate.safety.spend import SpendGuard
 
     pricing = load_pricing(settings.pricing_file, currency=settings.currency)
-    price = pricing.price_of(settings.model)
+    prices = [pricing.price_of(model) for model in {settings.model, *models}]
     ledger = open_ledger(settings)
     limiter = None
-    if not price.is_free:  # a local-only run is not throttled by money it does not spend
+    if not all(
+        price.is_free for price in prices
+    ):  # a local-only run is not throttled by money it does not spend
         config = LimiterConfig(
             settings.max_workers, settings.budget_thresholds, settings.budget_hysteresis
         )

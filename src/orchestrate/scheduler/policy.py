@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import tenacity
 
-from orchestrate.errors import RateLimitedError, TransientError
+from orchestrate.errors import TransientError
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class RetryPolicy:
         state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
         state.attempt_number = attempt
         delay = float(wait(state))
-        hint = error.retry_after if isinstance(error, RateLimitedError) else None
+        hint = error.retry_after if isinstance(error, TransientError) else None
         return max(delay, hint) if hint is not None else delay
 
 

@@ -23,6 +23,9 @@ class EventType(StrEnum):
     TASK_ATTEMPT = "task_attempt"  # task, attempt number, max attempts: an attempt starts
     ATTEMPT_FAILED = "attempt_failed"  # task, attempt, reason, retry_in_seconds (None: final)
     LLM_CALL = "llm_call"  # task, model, seconds, prompt/completion tokens, cached
+    LLM_RETRY = "llm_retry"  # task, model, attempt, reason, retry_in_seconds: a call retried
+    CIRCUIT_CHANGED = "circuit_changed"  # task, model, state (open/half_open/closed), reason
+    MODEL_FALLBACK = "model_fallback"  # task, from_model, to_model, reason
     FILE_WRITTEN = "file_written"  # task, path, bytes, replaced
     FILE_REFUSED = "file_refused"  # task, path, reason: a generated path we would not write
     FILE_CONFLICT = "file_conflict"  # path, winner, loser: two tasks wrote it, the later won
