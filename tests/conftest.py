@@ -15,6 +15,8 @@ EXAMPLE_SCRIPT = REPO / "examples" / "scripted" / "todo.yaml"
 EXAMPLE_SPEC = REPO / "examples" / "specs" / "todo-cli.yaml"
 
 DEADLINE_SECONDS = 60
+# Other tools' variables that orchestrate reads as settings too.
+FOREIGN_SETTINGS = ("OLLAMA_HOST", "OPENAI_BASE_URL", "OPENAI_API_KEY")
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:
@@ -43,7 +45,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     import os
 
     for name in list(os.environ):
-        if name.startswith("ORCHESTRATE_"):
+        if name.startswith("ORCHESTRATE_") or name in FOREIGN_SETTINGS:
             monkeypatch.delenv(name)
     monkeypatch.setenv("ORCHESTRATE_HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)

@@ -10,6 +10,7 @@ from typing import ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from orchestrate.errors import OrchestrateError
 
@@ -40,7 +41,10 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
         try:
             return command(*args, **kwargs)
         except OrchestrateError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            # As plain text: a message may hold "[...]" or ":x:", which Rich would
+            # otherwise read as markup or an emoji code and change.
+            message = Text.assemble(("error:", "bold red"), " ", str(exc))
+            err_console.print(message, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper

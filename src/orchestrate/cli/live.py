@@ -23,6 +23,8 @@ class _TaskRow:
     seconds: float | None = None
     tokens: int = 0
     generating: int = 0  # tokens of the answer being generated now
+    generating_since: float | None = None  # when its first token arrived
+    model: str = ""  # who answered last, when a fallback model did
     files: int = 0
     attempt: int = 1
     cached: int = 0  # calls answered from the response cache
@@ -66,32 +68,40 @@ class LiveTable:
             elif event["type"] == "task_attempt":
                 row.attempt = int(event.get("attempt", 1))
             elif event["type"] == "llm_call":
-                row.generating = 0
+                row.generating, row.generating_since = 0, None
                 if event.get("cached"):
                     row.cached += 1
                 else:
                     row.tokens += event["prompt_tokens"] + event["completion_tokens"]
             elif event["type"] == "file_written":
                 row.files += 1
+            elif event["type"] == "model_fallback":
+                row.model = str(event.get("to_model", ""))
 
     def on_progress(self, task: str, tokens: int) -> None:
         with self._lock:
-            if task in self._rows:
-                self._rows[task].generating = tokens
+            row = self._rows.get(task)
+            if row is not None:
+                if row.generating_since is None or tokens < row.generating:
+                    row.generating_since = time.monotonic()
+                row.generating = tokens
 
     def _render(self) -> Table:
         table = Table(box=None, pad_edge=False, header_style="bold")
-        for column in ("task", "agent", "state", "elapsed", "tokens", "files"):
-            table.add_column(column, justify="right" if column in {"tokens", "files"} else "left")
+        for column in ("task", "agent", "state", "elapsed", "tokens", "tok/s", "files"):
+            right = column in {"tokens", "tok/s", "files"}
+            table.add_column(column, justify="right" if right else "left")
         with self._lock:
             for task, row in self._rows.items():
                 attempt = f" ({row.attempt})" if row.attempt > 1 else ""
+                fallback = f" via {row.model}" if row.model else ""
                 table.add_row(
                     task,
                     row.agent,
-                    styled_state(row.state) + attempt,
+                    styled_state(row.state) + attempt + fallback,
                     format_seconds(self._elapsed(row)),
                     self._tokens(row),
+                    self._speed(row),
                     str(row.files) if row.files else "",
                 )
         return table
@@ -101,6 +111,14 @@ class LiveTable:
         if row.seconds is not None:
             return row.seconds
         return time.monotonic() - row.started if row.started is not None else None
+
+    @staticmethod
+    def _speed(row: _TaskRow) -> str:
+        """Tokens per second of the answer streaming in now."""
+        if row.generating < 2 or row.generating_since is None:
+            return ""
+        seconds = time.monotonic() - row.generating_since
+        return f"{(row.generating - 1) / seconds:.1f}" if seconds > 0 else ""
 
     @staticmethod
     def _tokens(row: _TaskRow) -> str:
@@ -162,6 +180,18 @@ def describe_event(event: dict[str, Any]) -> str:
         return (
             f"{stamp} {task}: model call {event.get('seconds')}s, "
             f"{event.get('prompt_tokens')} in / {event.get('completion_tokens')} out"
+        )
+    if kind == "llm_retry":
+        return (
+            f"{stamp} {task}: {event.get('model')} call {event.get('attempt')} failed "
+            f"({event.get('reason')}); retrying in {event.get('retry_in_seconds')}s"
+        )
+    if kind == "circuit_changed":
+        return f"{stamp} {event.get('model')}: circuit {event.get('state')} ({event.get('reason')})"
+    if kind == "model_fallback":
+        return (
+            f"{stamp} {task}: {event.get('from_model')} failed ({event.get('reason')}); "
+            f"asking {event.get('to_model')}"
         )
     if kind == "file_written":
         return f"{stamp} {task}: wrote {event.get('path')} ({event.get('bytes')} bytes)"

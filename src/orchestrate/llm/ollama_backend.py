@@ -19,6 +19,7 @@ from orchestrate.llm.backend import ChatMessage, Completion, CompletionRequest
 from orchestrate.llm.remote import (
     Connections,
     StreamWatch,
+    cut_short_error,
     error_for_status,
     garbled_error,
     timeout_error,
@@ -129,6 +130,8 @@ class OllamaBackend:
                 f"Ollama at {self.host}",
                 ConnectionRefusedError("is `ollama serve` running?"),
             ) from None
+        except httpx.RemoteProtocolError as exc:  # a reply that ended mid-message
+            raise cut_short_error(self.name, exc) from None
         except httpx.TransportError as exc:
             raise unreachable_error(self.name, f"Ollama at {self.host}", exc) from None
         except (json.JSONDecodeError, ValueError) as exc:  # truncated or malformed replies

@@ -19,6 +19,7 @@ from orchestrate.llm.backend import ChatMessage, Completion, CompletionRequest
 from orchestrate.llm.remote import (
     Connections,
     StreamWatch,
+    cut_short_error,
     error_for_status,
     garbled_error,
     timeout_error,
@@ -127,6 +128,8 @@ class OpenAIBackend:
             if isinstance(cause, httpx.TimeoutException):
                 raise timeout_error(self.name, self._connections.timeout_seconds) from None
             raise unreachable_error(self.name, self.base_url, cause) from None
+        except httpx.RemoteProtocolError as exc:  # a reply that ended mid-message
+            raise cut_short_error(self.name, exc) from None
         except httpx.TransportError as exc:  # a stream cut off after it began
             raise unreachable_error(self.name, self.base_url, exc) from None
         except (json.JSONDecodeError, openai.APIResponseValidationError, ValueError) as exc:

@@ -90,6 +90,10 @@ def unreachable_error(model: str, where: str, cause: BaseException) -> BackendUn
     return BackendUnavailableError(f"{model}: cannot reach {where} ({reason})")
 
 
+def cut_short_error(model: str, cause: BaseException) -> ServerError:
+    return ServerError(f"{model}: the server cut its reply short ({cause})")
+
+
 def garbled_error(model: str, cause: BaseException) -> ServerError:
     return ServerError(f"{model}: the server sent a reply that is not valid JSON ({cause})")
 

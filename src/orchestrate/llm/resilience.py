@@ -138,6 +138,22 @@ class ResilientBackend(BackendLayer):
         self.breaker = breaker
         self.retry = retry
 
+    def prepare(self) -> None:
+        """Reach the server once; a failure counts against it like a failed call."""
+        self.breaker.admit()
+        try:
+            self.inner.prepare()
+        except TransientError as exc:
+            if counts_against_backend(exc):
+                self.breaker.record_failure()
+            else:
+                self.breaker.release_trial()
+            raise
+        except BaseException:
+            self.breaker.release_trial()
+            raise
+        self.breaker.record_success()
+
     def complete(self, request: CompletionRequest) -> Completion:
         attempt = 0
         while True:
@@ -242,7 +258,7 @@ class FallbackChain:
                         "model_fallback",
                         from_model=link.name,
                         to_model=self.links[index + 1].name,
-                        reason=describe(exc),
+                        reason=describe(exc, link.name),
                     )
                 continue
             return completion if completion.model else replace(completion, model=link.name)
@@ -259,7 +275,7 @@ class FallbackChain:
 def _all_failed(failures: list[tuple[str, BaseException]]) -> BaseException:
     if len(failures) == 1:
         return failures[0][1]
-    summary = "; ".join(f"{name}: {describe(error)}" for name, error in failures)
+    summary = "; ".join(f"{name}: {describe(error, name)}" for name, error in failures)
     if any(isinstance(error, TransientError) for _, error in failures):
         hints = [e.retry_after for _, e in failures if isinstance(e, TransientError)]
         known = [hint for hint in hints if hint is not None]
@@ -269,8 +285,10 @@ def _all_failed(failures: list[tuple[str, BaseException]]) -> BaseException:
     return BackendRefusedError(f"every model failed: {summary}")
 
 
-def describe(error: BaseException) -> str:
-    return str(error) or type(error).__name__
+def describe(error: BaseException, model: str = "") -> str:
+    """The error's message, without the model's name when it starts with it."""
+    message = str(error) or type(error).__name__
+    return message.removeprefix(f"{model}: ") if model else message
 
 
 def _report(request: CompletionRequest, kind: str, **fields: Any) -> None:
