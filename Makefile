@@ -45,6 +45,7 @@ bench: install
 	$(BIN)/python bench/safety_budget.py
 	$(BIN)/python bench/safety_leases.py
 	$(BIN)/python bench/safety_overhead.py
+	$(BIN)/python bench/llm_overhead.py
 
 clean:
 	rm -rf $(VENV) runs $(DEMO_OUT) .mypy_cache .ruff_cache .pytest_cache

@@ -73,7 +73,7 @@ def test_a_crew_run_completes_through_thirty_percent_faults(
 
 def test_a_build_falls_back_when_the_main_model_is_down(server: FakeLLMServer) -> None:
     with FakeLLMServer(models=(MODEL,)) as hosted:
-        hosted.down()
+        hosted.inject("unavailable", times=100)  # it lists models, but every chat fails
         runner_env = {"ORCHESTRATE_OPENAI_BASE_URL": hosted.openai_base_url}
         result = runner.invoke(
             app,
@@ -99,6 +99,9 @@ def test_a_build_falls_back_when_the_main_model_is_down(server: FakeLLMServer) -
 
     shown = runner.invoke(app, ["show", str(payload["run_id"])])
     assert "By model" in shown.stdout and "fallbacks" in shown.stdout
+    # The 503s generated nothing: the budget keeps none of their worst-case reservations.
+    budget = json.loads(runner.invoke(app, ["budget", "--json"]).stdout)
+    assert (budget["spent"], budget["reserved"]) == (0, 0)
 
 
 def test_every_backend_down_is_one_clear_line_and_exit_1(server: FakeLLMServer) -> None:

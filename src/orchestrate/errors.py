@@ -114,6 +114,10 @@ class ServerError(TransientError):
     """The backend failed on its side (an HTTP 5xx or a crashed server)."""
 
 
+class MalformedReplyError(ServerError):
+    """The server's reply was cut short or is not valid JSON: it may have generated it."""
+
+
 class UnparseableOutputError(TransientError):
     """The answer came back but cannot be used (empty, or cut off mid-file)."""
 

@@ -18,6 +18,7 @@ from orchestrate.errors import (
     BackendRefusedError,
     BackendTimeoutError,
     BackendUnavailableError,
+    MalformedReplyError,
     RateLimitedError,
     ServerError,
     TaskCancelledError,
@@ -90,12 +91,12 @@ def unreachable_error(model: str, where: str, cause: BaseException) -> BackendUn
     return BackendUnavailableError(f"{model}: cannot reach {where} ({reason})")
 
 
-def cut_short_error(model: str, cause: BaseException) -> ServerError:
-    return ServerError(f"{model}: the server cut its reply short ({cause})")
+def cut_short_error(model: str, cause: BaseException) -> MalformedReplyError:
+    return MalformedReplyError(f"{model}: the server cut its reply short ({cause})")
 
 
-def garbled_error(model: str, cause: BaseException) -> ServerError:
-    return ServerError(f"{model}: the server sent a reply that is not valid JSON ({cause})")
+def garbled_error(model: str, cause: BaseException) -> MalformedReplyError:
+    return MalformedReplyError(f"{model}: the server sent a reply that is not valid JSON ({cause})")
 
 
 def parse_retry_after(value: str | None) -> float | None:

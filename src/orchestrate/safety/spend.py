@@ -13,7 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from orchestrate.errors import BudgetExceeded
+from orchestrate.errors import (
+    BackendRefusedError,
+    BudgetExceeded,
+    CircuitOpenError,
+    MalformedReplyError,
+    RateLimitedError,
+    ServerError,
+)
 from orchestrate.llm.backend import Backend, BackendLayer, Completion, CompletionRequest
 from orchestrate.safety.pricing import MICROS, Pricing
 
@@ -21,6 +28,17 @@ if TYPE_CHECKING:
     from orchestrate.safety.budget import BudgetLedger
 
 logger = logging.getLogger(__name__)
+
+
+def may_have_been_billed(error: BaseException) -> bool:
+    """False for failures that show the provider generated nothing: a rate limit, a
+    refusal (4xx), a server error status, a connection that never opened, or our own
+    open circuit that never sent the request. A timeout, a reply cut short or garbled,
+    a cancelled call: the tokens may have been generated, and billed."""
+    if isinstance(error, MalformedReplyError):
+        return True
+    not_billed = (RateLimitedError, BackendRefusedError, CircuitOpenError, ServerError)
+    return not isinstance(error, not_billed)
 
 
 @dataclass(frozen=True)
@@ -65,7 +83,10 @@ class SpendGuard:
             return SpentCall(fallback.complete(request), fallback.name, 0.0)
         try:
             completion = backend.complete(request)
-        except BaseException:
+        except BaseException as exc:
+            if not may_have_been_billed(exc):
+                self.ledger.settle(reservation, 0, 0, 0)
+                raise
             # The call may have reached the provider before failing: count the worst case.
             self.ledger.settle(reservation, worst_case, prompt_tokens, 0)
             raise
