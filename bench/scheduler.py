@@ -40,6 +40,8 @@ from orchestrate.crew.config import CrewConfig, LoadedCrew, load_crew
 from orchestrate.crew.graph import TaskGraph
 from orchestrate.crew.spec import load_spec
 from orchestrate.llm.cache import CachingBackend, ResponseCache
+from orchestrate.llm.models import ModelRouter
+from orchestrate.llm.replay import TaskReplay
 from orchestrate.llm.scripted import ScriptedBackend
 from orchestrate.scheduler.executor import DagExecutor, TaskAttempt
 
@@ -65,6 +67,7 @@ def crew_build(crew: LoadedCrew, folder: Path, cache: ResponseCache) -> tuple[fl
     script_path = folder / "script.yaml"
     script_path.write_text(yaml.safe_dump(script))
     backend = CachingBackend(ScriptedBackend.from_file(script_path), cache, cache_sampled=False)
+    models = ModelRouter.single(backend, replay=TaskReplay(cache, cache_sampled=False))
     options = BuildOptions(
         model=f"scripted:{script_path}",
         workers=4,
@@ -73,7 +76,7 @@ def crew_build(crew: LoadedCrew, folder: Path, cache: ResponseCache) -> tuple[fl
         runs_dir=folder / "runs",
     )
     started = time.perf_counter()
-    run = BuildRun.start(load_spec(str(EXAMPLE_SPEC)), crew, backend, options)
+    run = BuildRun.start(load_spec(str(EXAMPLE_SPEC)), crew, models, options)
     record = run.execute().record
     return time.perf_counter() - started, record
 

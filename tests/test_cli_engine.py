@@ -210,6 +210,6 @@ def test_cache_command_reports_and_clears(isolated, write_script):
     after = runner.invoke(app, ["cache"])
 
     assert shown.exit_code == cleared.exit_code == after.exit_code == 0
-    assert "6 answers" in shown.stdout
-    assert "removed 6 cached answers" in cleared.stdout
+    assert "12 answers" in shown.stdout  # six model calls, and the six tasks they answered
+    assert "removed 12 cached answers" in cleared.stdout
     assert "0 answers" in after.stdout

@@ -43,6 +43,11 @@ def load_crewai() -> Any:
     return crewai
 
 
+def task_description(task: TaskConfig, spec_text: str) -> str:
+    """The task's prompt as its agent receives it: the spec, then how to write files."""
+    return f"{task.prompt_for(spec_text)}\n\n{FILE_BLOCK_INSTRUCTIONS}"
+
+
 def run_crew_task(
     task: TaskConfig,
     agent: AgentConfig,
@@ -66,7 +71,7 @@ def run_crew_task(
         verbose=False,
     )
     crew_task = crewai.Task(
-        description=f"{task.prompt_for(spec_text)}\n\n{FILE_BLOCK_INSTRUCTIONS}",
+        description=task_description(task, spec_text),
         expected_output=task.expected_output,
         agent=crew_agent,
     )

@@ -21,13 +21,14 @@ from typing import Any, Protocol
 
 from filelock import FileLock, Timeout
 
-from orchestrate.agents import run_crew_task
+from orchestrate.agents import run_crew_task, task_description
 from orchestrate.crew.config import CrewConfig, LoadedCrew
 from orchestrate.crew.spec import Spec
 from orchestrate.errors import RunInUseError, UnparseableOutputError
 from orchestrate.llm.adapter import CallRecord, OrchestrateLLM
-from orchestrate.llm.backend import Backend
+from orchestrate.llm.backend import Backend, Completion
 from orchestrate.llm.models import ModelRouter
+from orchestrate.llm.replay import TaskInputs
 from orchestrate.safety.guards import SafetyGuards
 from orchestrate.scheduler.executor import (
     DagExecutor,
@@ -88,6 +89,9 @@ class _AttemptUsage:
 
     calls: int = 0
     cached: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    replayable: bool = True  # every call answered by the task's own model, without error
 
 
 @dataclass(frozen=True)
@@ -230,7 +234,13 @@ class BuildRun(ExecutionListener):
     def _run_task(self, attempt: TaskAttempt) -> _Answer:
         name = attempt.task
         task = self.crew.tasks[name]
+        context = self._context_for(name)
+        inputs = self._task_inputs(name, context)
         usage = _AttemptUsage()
+        if attempt.number == 1:  # like the response cache, a retry never replays
+            replayed = self._replay(name, inputs, usage)
+            if replayed is not None:
+                return replayed
         llm = OrchestrateLLM(
             backend=self.models.for_agent(task.agent),
             task=name,
@@ -249,7 +259,7 @@ class BuildRun(ExecutionListener):
                 task,
                 self.crew.agents[task.agent],
                 spec_text=self.record.spec_text,
-                context=self._context_for(name),
+                context=context,
                 llm=llm,
                 tools=self._tools_for(name, llm),
             )
@@ -258,7 +268,51 @@ class BuildRun(ExecutionListener):
         except BaseException:
             self.outputs.discard(name)  # a failed attempt's files never reach outputs/
             raise
+        self._keep_for_replay(inputs, answer, usage)
         return _Answer(answer, time.perf_counter() - started, usage)
+
+    def _task_inputs(self, name: str, context: str) -> TaskInputs:
+        task = self.crew.tasks[name]
+        agent = self.crew.agents[task.agent]
+        return TaskInputs(
+            model_identity=self.models.for_agent(task.agent).identity,
+            role=agent.role,
+            goal=agent.goal,
+            backstory=agent.backstory,
+            prompt=task_description(task, self.record.spec_text),
+            expected_output=task.expected_output,
+            context=context,
+            max_tokens=self.options.max_tokens,
+            temperature=self.options.temperature,
+        )
+
+    def _replay(self, name: str, inputs: TaskInputs, usage: _AttemptUsage) -> _Answer | None:
+        """An identical earlier task's answer, recorded as one cached model call."""
+        replay = self.models.replay
+        started = time.perf_counter()
+        earlier = replay.recall(inputs) if replay is not None else None
+        if earlier is None:
+            return None
+        task = self.crew.tasks[name]
+        self._on_call(
+            CallRecord(
+                task=name,
+                agent=task.agent,
+                model=self.models.for_agent(task.agent).name,
+                seconds=time.perf_counter() - started,
+                prompt_tokens=earlier.prompt_tokens,
+                completion_tokens=earlier.completion_tokens,
+                cached=True,
+            ),
+            usage,
+        )
+        return _Answer(earlier.text, time.perf_counter() - started, usage)
+
+    def _keep_for_replay(self, inputs: TaskInputs, answer: str, usage: _AttemptUsage) -> None:
+        replay = self.models.replay
+        if replay is None or not usage.calls or not usage.replayable:
+            return
+        replay.keep(inputs, Completion(answer, usage.prompt_tokens, usage.completion_tokens))
 
     def _tools_for(self, task: str, llm: OrchestrateLLM) -> list[Any]:
         """File tools on the task's staging area, for a model that calls tools."""
@@ -308,6 +362,10 @@ class BuildRun(ExecutionListener):
     def _on_call(self, call: CallRecord, usage: _AttemptUsage) -> None:
         usage.calls += 1
         usage.cached += call.cached
+        usage.prompt_tokens += call.prompt_tokens
+        usage.completion_tokens += call.completion_tokens
+        task_model = self.models.for_agent(self.crew.tasks[call.task].agent).name
+        usage.replayable &= call.error is None and call.model == task_model
         self.events.emit(
             EventType.LLM_CALL,
             task=call.task,

@@ -29,7 +29,8 @@ def cache_info(context: typer.Context) -> None:
     stats = cache.stats()
     console.print(f"[bold]Response cache[/] {stats.path}", highlight=False)
     console.print(
-        f"  {stats.entries} answers, {stats.size_bytes / 2**20:.2f} MB "
+        f"  {stats.entries} answers (to model calls and whole tasks), "
+        f"{stats.size_bytes / 2**20:.2f} MB "
         f"of {stats.max_bytes / 2**20:.0f} MB"
     )
 

@@ -28,6 +28,7 @@ from orchestrate.llm.resilience import (
 
 if TYPE_CHECKING:
     from orchestrate.llm.cache import ResponseCache
+    from orchestrate.llm.replay import TaskReplay
     from orchestrate.safety.gpu import GpuLeaseManager
     from orchestrate.safety.spend import SpendGuard
     from orchestrate.settings import Settings
@@ -56,11 +57,12 @@ class ModelRouter:
     chains: dict[str, FallbackChain]
     agent_models: dict[str, str]
     default_model: str
+    replay: TaskReplay | None = None  # whole-task answers; None when caching is off
 
     @classmethod
-    def single(cls, backend: Backend) -> ModelRouter:
+    def single(cls, backend: Backend, *, replay: TaskReplay | None = None) -> ModelRouter:
         """Every agent on one ready-made backend, without fallbacks."""
-        return cls({backend.name: FallbackChain([backend])}, {}, backend.name)
+        return cls({backend.name: FallbackChain([backend])}, {}, backend.name, replay)
 
     def for_agent(self, agent: str) -> Backend:
         return self.chains[self.agent_models.get(agent, self.default_model)]
@@ -94,7 +96,7 @@ class LinkFactory:
         self.connections = connections_from(settings)
         self._leases = leases
         self._spend_guard = spend_guard
-        self._cache = cache
+        self.cache = cache
         self._links: dict[str, Backend] = {}
         self.breakers: dict[str, CircuitBreaker] = {}
 
@@ -125,10 +127,10 @@ class LinkFactory:
             from orchestrate.safety.spend import BudgetedBackend
 
             backend = BudgetedBackend(backend, self._spend_guard)
-        if self._cache is not None:
+        if self.cache is not None:
             from orchestrate.llm.cache import CachingBackend
 
-            backend = CachingBackend(backend, self._cache, cache_sampled=settings.cache_sampled)
+            backend = CachingBackend(backend, self.cache, cache_sampled=settings.cache_sampled)
         return backend
 
 
@@ -139,7 +141,12 @@ def build_router(
     settings = links.settings
     wanted = {default_model, *agent_models.values()}
     chains = {model: links.chain(settings.model_chain(model)) for model in sorted(wanted)}
-    return ModelRouter(chains, agent_models, default_model)
+    replay = None
+    if links.cache is not None:
+        from orchestrate.llm.replay import TaskReplay
+
+        replay = TaskReplay(links.cache, cache_sampled=settings.cache_sampled)
+    return ModelRouter(chains, agent_models, default_model, replay)
 
 
 def models_in_use(
