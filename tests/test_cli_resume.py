@@ -34,11 +34,15 @@ def task_states(runs: Path) -> dict[str, str]:
     return states
 
 
-def start_build(folder: Path, **latencies: float) -> subprocess.Popen[str]:
+def start_build(
+    folder: Path, uninterruptible: tuple[str, ...] = (), **latencies: float
+) -> subprocess.Popen[str]:
     """Build the example with the given per-agent latencies, without the response cache."""
     script = yaml.safe_load(EXAMPLE_SCRIPT.read_text())
     for agent, seconds in latencies.items():
         script["agents"][agent]["latency_seconds"] = seconds
+    for agent in uninterruptible:
+        script["agents"][agent]["uninterruptible"] = True
     script_path = folder / "script.yaml"
     script_path.write_text(yaml.safe_dump(script))
     command = [sys.executable, "-m", "orchestrate", "build", str(EXAMPLE_SPEC)]
@@ -126,6 +130,38 @@ def test_ctrl_c_saves_state_and_exits_130_then_resume_finishes(isolated: Path):
     assert code == 0
     assert model_calls(run_dir)["design"] == 1
     assert {task["state"] for task in result["tasks"].values()} == {"succeeded"}
+
+
+def test_a_second_ctrl_c_quits_at_once_and_the_run_still_resumes(isolated: Path):
+    # The fullstack call ignores cancellation, so only the second Ctrl-C can end the
+    # process before the grace period would.
+    process = start_build(isolated, uninterruptible=("fullstack",), fullstack=600, devops=600)
+    runs = isolated / "runs"
+    try:
+        wait_for(lambda: task_states(runs).get("implement") == "running", "implement to start")
+        assert process.stderr is not None
+        process.send_signal(signal.SIGINT)
+        assert "stopping" in process.stderr.readline()
+        process.send_signal(signal.SIGINT)
+        process.wait(DEADLINE_SECONDS)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    run_dir = next(runs.iterdir())
+    # It left without saving (a stuck thread might hold what a save needs); the run's
+    # process is gone, so the run lists as interrupted and can be resumed.
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+    listed = runner.invoke(app, ["runs"])
+    assert "interrupted" in listed.stdout
+
+    script = yaml.safe_load((isolated / "script.yaml").read_text())
+    script["agents"]["fullstack"] = {"answer": "FILE: app.py\n```python\nx = 1\n```"}
+    script["agents"]["devops"]["latency_seconds"] = 0
+    (isolated / "script.yaml").write_text(yaml.safe_dump(script))
+    code, result = resume(run_dir.name)
+
+    assert code == 0, result
+    assert model_calls(run_dir)["design"] == 1
 
 
 def test_a_failed_run_resumes_with_the_failed_task_only(isolated: Path, write_script):

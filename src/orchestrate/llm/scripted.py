@@ -19,6 +19,10 @@ to raise, so a crew's behaviour and timing can be reproduced exactly::
         answer: "..."
         fail_first: 2               # the first 2 calls fail transiently, then it answers
         failure: rate_limit         # timeout | rate_limit | server_error | empty
+      docs:
+        answer: "..."
+        latency_seconds: 60
+        uninterruptible: true       # sits out its latency even when the task is cancelled
     default:                    # for agents not listed
       answer: "Nothing to add."
 
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Literal
@@ -57,6 +62,9 @@ class ScriptedAnswer(BaseModel):
     latency_seconds: float | None = Field(None, ge=0, le=3600)
     fail_first: int = Field(0, ge=0, le=1000)
     failure: Literal["timeout", "rate_limit", "server_error", "empty"] = "server_error"
+    # Like a model stuck in a call that nothing can interrupt: for testing what a run
+    # does when cancelling a task does not stop it.
+    uninterruptible: bool = False
 
     @model_validator(mode="after")
     def _answer_or_error(self) -> ScriptedAnswer:
@@ -122,7 +130,9 @@ class ScriptedBackend:
             if scripted.latency_seconds is not None
             else self._script.latency_seconds
         )
-        if request.cancel.wait(latency):
+        if scripted.uninterruptible:
+            time.sleep(latency)
+        elif request.cancel.wait(latency):
             raise TaskCancelledError("cancelled while waiting for the scripted answer")
         with self._calls_lock:
             self._calls[request.agent] += 1
