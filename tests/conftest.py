@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +30,21 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.02)
 
 
+def require_tool(name: str, debian_package: str) -> str:
+    """The path of a system tool a test needs; skip without it, but fail under CI=true.
+
+    `make test` installs these packages when it runs as root with apt-get; elsewhere a
+    missing tool is the machine's limit, not a bug, except in CI where it must be there.
+    """
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    message = f"{name} is not installed: install the Debian package '{debian_package}'"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 # The bundled crew's tasks and the tasks each one reads from (config/crew.yaml).
 BUNDLED_CREW_CONTEXTS = {
     "design": [],
@@ -42,8 +59,6 @@ BUNDLED_CREW_CONTEXTS = {
 @pytest.fixture
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Run in an empty folder with private state; no ORCHESTRATE_* from the caller leaks in."""
-    import os
-
     for name in list(os.environ):
         if name.startswith("ORCHESTRATE_") or name in FOREIGN_SETTINGS:
             monkeypatch.delenv(name)
