@@ -7,7 +7,8 @@ that root once, prints its message on one line and exits with ``exit_code``::
     ├── UserInputError               exit 2: bad input, fixable by the user
     │   ├── SettingsError            a setting or flag has a bad value
     │   ├── SpecError                the spec is empty, missing or unreadable
-    │   ├── CrewError                the crew file is invalid (keys, agents, contexts, cycles)
+    │   ├── CrewError                the crew file is invalid (keys, agents, contexts)
+    │   │   └── CrewCycleError       its contexts form a cycle
     │   ├── ModelNotFoundError       a model name or path does not resolve
     │   ├── RunNotFoundError         no run matches the id given
     │   └── RunInUseError            another process is running or resuming that run
@@ -61,6 +62,10 @@ class SpecError(UserInputError):
 
 class CrewError(UserInputError):
     """The crew file is invalid."""
+
+
+class CrewCycleError(CrewError):
+    """The crew's contexts form a cycle, so no task order exists."""
 
 
 class ModelNotFoundError(UserInputError):
@@ -188,3 +193,23 @@ def describe_validation_error(exc: ValidationError, *, env_prefix: str | None = 
             problem = f"{problem} (got {error.get('input')!r})"
         problems.append(f"{where}: {problem}")
     return "; ".join(problems)
+
+
+def failure_kind(reason: str | None) -> str:
+    """A short, bounded name for why something failed, fit for a metric label.
+
+    ``reason`` is a ``Type: message`` line (see ``scheduler.executor.describe_error``).
+    Our own error types become their snake_case name without ``Error``
+    (``RateLimitedError`` -> ``rate_limited``); anything else is ``internal``, so a
+    label never holds free text.
+    """
+    if not reason:
+        return "unknown"
+    if reason.startswith("timed out"):
+        return "task_timeout"
+    name = reason.split(":", 1)[0].strip()
+    error_type = globals().get(name)
+    if not (isinstance(error_type, type) and issubclass(error_type, OrchestrateError)):
+        return "internal"
+    stem = name.removesuffix("Error") or name
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in stem).lstrip("_")

@@ -159,6 +159,15 @@ class Settings(BaseSettings):
     lease_timeout: float = Field(
         600.0, gt=0, description="Seconds to wait for device memory before giving up."
     )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Serve a build's metrics on this port (0: any free)."
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address `orchestrate metrics serve` listens on."
+    )
+    pushgateway: str | None = Field(
+        None, description="Pushgateway URL that receives a build's metrics when it ends."
+    )
 
     @field_validator("budget_thresholds")
     @classmethod

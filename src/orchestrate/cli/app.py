@@ -19,6 +19,7 @@ from orchestrate.cli import (
     runs_cmd,
 )
 from orchestrate.cli.cache_cmd import cache_app
+from orchestrate.cli.metrics_cmd import metrics_app
 
 app = typer.Typer(
     name="orchestrate",
@@ -56,6 +57,7 @@ app.command("models")(models_cmd.models)
 app.add_typer(cache_app, name="cache")
 app.command("budget")(budget_cmd.budget)
 app.command("gpu")(gpu_cmd.gpu)
+app.add_typer(metrics_app, name="metrics")
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from orchestrate.build import BuildOptions, BuildResult, BuildRun
     from orchestrate.crew.config import CrewConfig, TaskConfig
     from orchestrate.llm.models import ModelRouter
+    from orchestrate.observe.telemetry import RunTelemetry
     from orchestrate.safety.guards import SafetyGuards
     from orchestrate.settings import Settings
 
@@ -63,6 +65,14 @@ def build(
     resume: str | None = typer.Option(
         None, "--resume", metavar="RUN_ID", help="Finish an interrupted run instead."
     ),
+    metrics_port: int | None = typer.Option(
+        None,
+        "--metrics-port",
+        help="Serve this run's metrics on 127.0.0.1:PORT while it runs (0: any free port).",
+    ),
+    pushgateway: str | None = typer.Option(
+        None, "--pushgateway", metavar="URL", help="Push the run's metrics here when it ends."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON result, no table."),
 ) -> None:
     """Build a project from SPEC with the crew, running independent tasks in parallel.
@@ -71,7 +81,7 @@ def build(
     """
     from orchestrate.crew.config import load_crew
     from orchestrate.crew.spec import load_spec
-    from orchestrate.errors import UserInputError
+    from orchestrate.errors import CrewError, UserInputError
     from orchestrate.settings import load_settings
 
     if resume is not None:
@@ -79,7 +89,8 @@ def build(
             raise UserInputError(
                 "--resume continues a run with its own spec and crew; drop SPEC and --crew"
             )
-        _resume(resume, model, workers, out, fail_fast, no_cache, json_output)
+        exits = _Exits(metrics_port, pushgateway, json_output)
+        _resume(resume, model, workers, out, fail_fast, no_cache, exits)
         return
     if spec is None:
         raise UserInputError("give a SPEC (text or a file), or --resume RUN_ID")
@@ -89,18 +100,27 @@ def build(
         workers=workers,
         crew_file=crew,
         max_tokens=max_tokens,
+        metrics_port=metrics_port,
+        pushgateway=pushgateway,
     )
     _check_out(out)
     configure_logging(settings.log_level)
+    telemetry = _telemetry(settings, use_cache=not no_cache)
     the_spec = load_spec(spec)
-    loaded_crew = load_crew(settings.crew_file)
-    models, guards = _prepare_models(settings, loaded_crew.config, use_cache=not no_cache)
+    try:
+        loaded_crew = load_crew(settings.crew_file)
+    except CrewError as exc:
+        telemetry.crew_rejected(exc)
+        raise
+    models, guards = _prepare_models(
+        settings, loaded_crew.config, use_cache=not no_cache, telemetry=telemetry
+    )
     from orchestrate.build import BuildRun
 
     options = _options(settings, out, fail_fast)
     view = _progress_view(loaded_crew.config.tasks, quiet=json_output)
     run = BuildRun.start(the_spec, loaded_crew, models, options, observer=view, guards=guards)
-    _execute(run, view, json_output)
+    _execute(run, view, json_output, telemetry, models.models)
 
 
 @reports_errors
@@ -117,13 +137,38 @@ def resume(
     no_cache: bool = typer.Option(
         False, "--no-cache", help="Ask the model every time; ignore the response cache."
     ),
+    metrics_port: int | None = typer.Option(
+        None,
+        "--metrics-port",
+        help="Serve this run's metrics on 127.0.0.1:PORT while it runs (0: any free port).",
+    ),
+    pushgateway: str | None = typer.Option(
+        None, "--pushgateway", metavar="URL", help="Push the run's metrics here when it ends."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON result, no table."),
 ) -> None:
     """Finish an interrupted or failed run: tasks that finished keep their results.
 
     Example: orchestrate resume 20261203-101500 --workers 2
     """
-    _resume(run_id, model, workers, out, fail_fast, no_cache, json_output)
+    _resume(
+        run_id,
+        model,
+        workers,
+        out,
+        fail_fast,
+        no_cache,
+        _Exits(metrics_port, pushgateway, json_output),
+    )
+
+
+@dataclass(frozen=True)
+class _Exits:
+    """Where a run's results go besides the run folder: metrics, and the --json result."""
+
+    metrics_port: int | None
+    pushgateway: str | None
+    json_output: bool
 
 
 def _resume(
@@ -133,7 +178,7 @@ def _resume(
     out: Path | None,
     fail_fast: bool,
     no_cache: bool,
-    json_output: bool,
+    exits: _Exits,
 ) -> None:
     from orchestrate.settings import load_settings
     from orchestrate.store.runs import RunStatus, RunStore
@@ -149,17 +194,20 @@ def _resume(
         workers=workers or record.workers,
         max_tokens=record.max_tokens,
         temperature=record.temperature,
+        metrics_port=exits.metrics_port,
+        pushgateway=exits.pushgateway,
     )
     _check_out(out)
     configure_logging(settings.log_level)
+    telemetry = _telemetry(settings, use_cache=not no_cache)
     crew = record.crew_config()
-    models, guards = _prepare_models(settings, crew, use_cache=not no_cache)
+    models, guards = _prepare_models(settings, crew, use_cache=not no_cache, telemetry=telemetry)
     from orchestrate.build import BuildRun
 
-    view = _progress_view(crew.tasks, quiet=json_output)
+    view = _progress_view(crew.tasks, quiet=exits.json_output)
     options = _options(settings, out, fail_fast)
     run = BuildRun.resume(folder, models, options, observer=view, guards=guards)
-    _execute(run, view, json_output)
+    _execute(run, view, exits.json_output, telemetry, models.models)
 
 
 def _check_out(out: Path | None) -> None:
@@ -169,8 +217,19 @@ def _check_out(out: Path | None) -> None:
         raise UserInputError(f"--out {out} is a file; give a folder (it is created if missing)")
 
 
+def _telemetry(settings: Settings, *, use_cache: bool) -> RunTelemetry:
+    from orchestrate.observe.telemetry import RunTelemetry
+
+    return RunTelemetry(
+        settings,
+        metrics_port=settings.metrics_port,
+        pushgateway=settings.pushgateway,
+        cache_enabled=use_cache and settings.cache,
+    )
+
+
 def _prepare_models(
-    settings: Settings, crew: CrewConfig, *, use_cache: bool
+    settings: Settings, crew: CrewConfig, *, use_cache: bool, telemetry: RunTelemetry
 ) -> tuple[ModelRouter, SafetyGuards]:
     """Build the run's guards and the model chain of each agent, and get them ready.
 
@@ -191,9 +250,11 @@ def _prepare_models(
         from orchestrate.llm.cache import ResponseCache
 
         cache = ResponseCache(settings.cache_path, max_bytes=int(settings.cache_max_mb * 2**20))
+    leases = GpuLeaseManager.from_settings(settings)
+    telemetry.watch_leases(leases)
     links = LinkFactory(
         settings,
-        leases=GpuLeaseManager.from_settings(settings),
+        leases=leases,
         spend_guard=guards.spend_guard,
         cache=cache,
     )
@@ -225,9 +286,12 @@ def _options(settings: Settings, out: Path | None, fail_fast: bool) -> BuildOpti
     )
 
 
-def _execute(run: BuildRun, view: Any, json_output: bool) -> None:
+def _execute(
+    run: BuildRun, view: Any, json_output: bool, telemetry: RunTelemetry, models: list[str]
+) -> None:
     from orchestrate.cli.live import LiveTable
 
+    telemetry.attach(run, models)
     if isinstance(view, LiveTable):
         verb = "Resuming run" if run.record.resumes else "Run"
         done = len(run.finished_tasks)
@@ -236,8 +300,13 @@ def _execute(run: BuildRun, view: Any, json_output: bool) -> None:
             f"{run.options.workers} workers" + (f"; {done} tasks already done" if done else ""),
             highlight=False,
         )
-    with _cancel_on_signals(run.cancel, run.folder.path), view:
-        result = run.execute()
+    with telemetry:
+        if telemetry.metrics_url and not json_output:
+            err_console.print(f"metrics: {telemetry.metrics_url}", highlight=False)
+        with _cancel_on_signals(run.cancel, run.folder.path), view:
+            result = run.execute()
+    if telemetry.push_error:
+        err_console.print(f"[yellow]warning[/]: {telemetry.push_error}", highlight=False)
     if json_output:
         console.print_json(json.dumps(_result_json(result)))
     else:

@@ -12,7 +12,7 @@ import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from orchestrate.errors import CrewError
+from orchestrate.errors import CrewCycleError, CrewError
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ class TaskGraph:
                         f"(tasks: {known})"
                     )
                 if dependency == task:
-                    raise CrewError(f"task '{task}' lists itself in its context")
+                    raise CrewCycleError(f"task '{task}' lists itself in its context")
 
     def _topological_order(self) -> tuple[str, ...]:
         sorter = graphlib.TopologicalSorter(self._dependencies)
@@ -127,7 +127,7 @@ class TaskGraph:
             return tuple(sorter.static_order())
         except graphlib.CycleError as exc:
             cycle = exc.args[1]
-            raise CrewError(
+            raise CrewCycleError(
                 f"the crew's contexts form a cycle: {' -> '.join(cycle)}; "
                 f"remove one of these context links"
             ) from exc

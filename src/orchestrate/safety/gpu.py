@@ -176,6 +176,8 @@ class GpuLeaseManager:
         self._db_lock = threading.Lock()  # one transaction at a time on this connection
         self._db: sqlite3.Connection | None = None
         self._db_pid = 0
+        # Told (device, seconds waited) at each grant; the metrics recorder listens here.
+        self.on_granted: Callable[[str, float], None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Any) -> GpuLeaseManager:
@@ -210,6 +212,7 @@ class GpuLeaseManager:
                 f"{capacity.capacity_mib} MiB ({capacity.total_mib} MiB from {capacity.source} "
                 f"minus the safety margin)"
             )
+        asked = time.monotonic()
         entry, granted = self._enqueue(holder, device, max(0, mib), priority, capacity.capacity_mib)
         try:
             if granted is None:
@@ -217,6 +220,8 @@ class GpuLeaseManager:
         except BaseException:
             self._update(device, lambda held, waiting: (held, _without(waiting, entry.id)))
             raise
+        if self.on_granted is not None:
+            self.on_granted(device, time.monotonic() - asked)
         lease = GpuLease(self, granted)
         try:
             self._cap_process(device)
