@@ -21,11 +21,12 @@ COPY config ./config
 COPY examples ./examples
 RUN pip install .
 
-# A non-root user. /data/orchestrate is created and owned here so that a named volume
-# mounted on it starts with this owner.
+# A non-root user. The state folder is created and owned here so that a named volume
+# mounted on it starts with this owner, and with the metrics folder that
+# `orchestrate metrics serve` reads before any build has written to it.
 RUN useradd --create-home --uid 10001 --user-group orchestrate \
-    && mkdir -p /data/orchestrate \
-    && chown orchestrate:orchestrate /data/orchestrate
+    && mkdir -p /data/orchestrate/metrics \
+    && chown -R orchestrate:orchestrate /data/orchestrate
 USER orchestrate
 WORKDIR /home/orchestrate
 ENV ORCHESTRATE_HOME=/data/orchestrate
