@@ -105,22 +105,22 @@ def build(
     )
     _check_out(out)
     configure_logging(settings.log_level)
-    telemetry = _telemetry(settings, use_cache=not no_cache)
-    the_spec = load_spec(spec)
-    try:
-        loaded_crew = load_crew(settings.crew_file)
-    except CrewError as exc:
-        telemetry.crew_rejected(exc)
-        raise
-    models, guards = _prepare_models(
-        settings, loaded_crew.config, use_cache=not no_cache, telemetry=telemetry
-    )
-    from orchestrate.build import BuildRun
+    with _telemetry(settings, use_cache=not no_cache, quiet=json_output) as telemetry:
+        the_spec = load_spec(spec)
+        try:
+            loaded_crew = load_crew(settings.crew_file)
+        except CrewError as exc:
+            telemetry.crew_rejected(exc)
+            raise
+        models, guards = _prepare_models(
+            settings, loaded_crew.config, use_cache=not no_cache, telemetry=telemetry
+        )
+        from orchestrate.build import BuildRun
 
-    options = _options(settings, out, fail_fast)
-    view = _progress_view(loaded_crew.config.tasks, quiet=json_output)
-    run = BuildRun.start(the_spec, loaded_crew, models, options, observer=view, guards=guards)
-    _execute(run, view, json_output, telemetry, models.models)
+        options = _options(settings, out, fail_fast)
+        view = _progress_view(loaded_crew.config.tasks, quiet=json_output)
+        run = BuildRun.start(the_spec, loaded_crew, models, options, observer=view, guards=guards)
+        _execute(run, view, json_output, telemetry, models.models)
 
 
 @reports_errors
@@ -199,15 +199,17 @@ def _resume(
     )
     _check_out(out)
     configure_logging(settings.log_level)
-    telemetry = _telemetry(settings, use_cache=not no_cache)
-    crew = record.crew_config()
-    models, guards = _prepare_models(settings, crew, use_cache=not no_cache, telemetry=telemetry)
-    from orchestrate.build import BuildRun
+    with _telemetry(settings, use_cache=not no_cache, quiet=exits.json_output) as telemetry:
+        crew = record.crew_config()
+        models, guards = _prepare_models(
+            settings, crew, use_cache=not no_cache, telemetry=telemetry
+        )
+        from orchestrate.build import BuildRun
 
-    view = _progress_view(crew.tasks, quiet=exits.json_output)
-    options = _options(settings, out, fail_fast)
-    run = BuildRun.resume(folder, models, options, observer=view, guards=guards)
-    _execute(run, view, exits.json_output, telemetry, models.models)
+        view = _progress_view(crew.tasks, quiet=exits.json_output)
+        options = _options(settings, out, fail_fast)
+        run = BuildRun.resume(folder, models, options, observer=view, guards=guards)
+        _execute(run, view, exits.json_output, telemetry, models.models)
 
 
 def _check_out(out: Path | None) -> None:
@@ -217,15 +219,25 @@ def _check_out(out: Path | None) -> None:
         raise UserInputError(f"--out {out} is a file; give a folder (it is created if missing)")
 
 
-def _telemetry(settings: Settings, *, use_cache: bool) -> RunTelemetry:
+@contextmanager
+def _telemetry(settings: Settings, *, use_cache: bool, quiet: bool) -> Iterator[RunTelemetry]:
+    """Metrics and traces for the command: served while it runs, pushed when it ends."""
     from orchestrate.observe.telemetry import RunTelemetry
 
-    return RunTelemetry(
+    def warn(message: str) -> None:
+        err_console.print(f"[yellow]warning[/]: {message}", highlight=False)
+
+    telemetry = RunTelemetry(
         settings,
         metrics_port=settings.metrics_port,
         pushgateway=settings.pushgateway,
         cache_enabled=use_cache and settings.cache,
+        warn=warn,
     )
+    with telemetry:
+        if telemetry.metrics_url and not quiet:
+            err_console.print(f"metrics: {telemetry.metrics_url}", highlight=False)
+        yield telemetry
 
 
 def _prepare_models(
@@ -300,13 +312,8 @@ def _execute(
             f"{run.options.workers} workers" + (f"; {done} tasks already done" if done else ""),
             highlight=False,
         )
-    with telemetry:
-        if telemetry.metrics_url and not json_output:
-            err_console.print(f"metrics: {telemetry.metrics_url}", highlight=False)
-        with _cancel_on_signals(run.cancel, run.folder.path), view:
-            result = run.execute()
-    if telemetry.push_error:
-        err_console.print(f"[yellow]warning[/]: {telemetry.push_error}", highlight=False)
+    with _cancel_on_signals(run.cancel, run.folder.path), view:
+        result = run.execute()
     if json_output:
         console.print_json(json.dumps(_result_json(result)))
     else:

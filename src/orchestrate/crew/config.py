@@ -152,7 +152,7 @@ def load_crew(path: Path | None = None) -> LoadedCrew:
         _check_names_and_agents(crew)
         graph = crew.graph()
     except CrewError as exc:
-        raise CrewError(f"{source}: {exc}") from exc
+        raise type(exc)(f"{source}: {exc}") from exc  # a cycle stays a CrewCycleError
     return LoadedCrew(crew, graph, source)
 
 

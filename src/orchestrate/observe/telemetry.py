@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from orchestrate.errors import CrewCycleError, CrewError, UserInputError
@@ -36,6 +37,7 @@ class RunTelemetry:
         metrics_port: int | None = None,
         pushgateway: str | None = None,
         cache_enabled: bool = True,
+        warn: Callable[[str], None] = logger.warning,
     ) -> None:
         from orchestrate.observe.metrics import metrics_directory, metrics_for
         from orchestrate.observe.recorder import MetricsRecorder
@@ -51,7 +53,7 @@ class RunTelemetry:
         self.exporter = exporter_from_environment()
         self.tracer: TraceRecorder | None = None
         self._server: MetricsServer | None = None
-        self.push_error: str | None = None
+        self._warn = warn
 
     def crew_rejected(self, error: CrewError) -> None:
         reason = "cycle" if isinstance(error, CrewCycleError) else "invalid"
@@ -77,6 +79,7 @@ class RunTelemetry:
             run.events.subscribe(self.tracer.on_event)
 
     def __enter__(self) -> RunTelemetry:
+        """Start serving ``--metrics-port``: before the run exists, so a busy port costs nothing."""
         if self.metrics_port is not None:
             self._server = self._serve(self.metrics_port)
         return self
@@ -114,5 +117,4 @@ class RunTelemetry:
         try:
             push_metrics(process_registry(self.metrics, self.settings), gateway)
         except OSError as exc:
-            self.push_error = f"could not push metrics to {gateway}: {exc}"
-            logger.warning(self.push_error)
+            self._warn(f"could not push metrics to {gateway}: {exc}")
