@@ -220,6 +220,8 @@ def test_a_build_pushes_its_metrics_to_a_real_pushgateway(isolated: Path, pushga
     assert lines[0].endswith(" 1")
     assert 'orchestrate_tokens_total{agent="architect",direction="output"' in pushed
     assert "orchestrate_task_duration_seconds_bucket{" in pushed
+    assert "orchestrate_agents_running{" not in pushed  # gauges would outlive the run
+    assert "orchestrate_budget_spent{" not in pushed
 
 
 def test_an_unreachable_pushgateway_costs_a_warning_not_the_run(isolated: Path) -> None:

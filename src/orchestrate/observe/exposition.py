@@ -101,6 +101,7 @@ class HostCollector:
         from prometheus_client.multiprocess import MultiProcessCollector
 
         self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)  # a fresh state directory has none yet
         self._files = MultiProcessCollector(None, path=str(directory))  # type: ignore[no-untyped-call]
 
     def describe(self) -> list[Metric]:
@@ -136,17 +137,34 @@ def process_registry(metrics: Metrics, settings: Settings) -> CollectorRegistry:
     return registry
 
 
-class _Union:
-    """Another registry's metrics, collected through this one."""
+def push_registry(metrics: Metrics) -> CollectorRegistry:
+    """What a build pushes when it ends: its counters and histograms, what happened.
 
-    def __init__(self, inner: CollectorRegistry) -> None:
+    Gauges are left out: the Pushgateway keeps a push until the next one, so a gauge
+    pushed at the end (agents running, a breaker's state, the budget) would be shown as
+    the present long after it stopped being true.
+    """
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Union(metrics.registry, types=("counter", "histogram")))
+    return registry
+
+
+class _Union:
+    """Another registry's metrics (of some types only), collected through this one."""
+
+    def __init__(self, inner: CollectorRegistry, types: tuple[str, ...] | None = None) -> None:
         self._inner = inner
+        self._types = types
 
     def describe(self) -> list[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._inner.collect()
+        for family in self._inner.collect():
+            if self._types is None or family.type in self._types:
+                yield family
 
 
 class MetricsServer:

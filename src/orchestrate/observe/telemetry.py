@@ -60,7 +60,9 @@ class RunTelemetry:
         self.metrics.crews_rejected.labels(reason).inc()
 
     def watch_leases(self, leases: GpuLeaseManager) -> None:
+        """Time every lease grant; the CPU's series exists from the start, at zero."""
         leases.on_granted = self.recorder.lease_granted
+        self.metrics.gpu_lease_wait.labels("cpu")
 
     def attach(self, run: BuildRun, models: list[str]) -> None:
         """Listen to ``run``'s events and report its worker limit; call before it executes."""
@@ -112,9 +114,9 @@ class RunTelemetry:
 
     def _push(self, gateway: str) -> None:
         """Push the run's metrics; a gateway that is down costs a warning, not the run."""
-        from orchestrate.observe.exposition import process_registry, push_metrics
+        from orchestrate.observe.exposition import push_metrics, push_registry
 
         try:
-            push_metrics(process_registry(self.metrics, self.settings), gateway)
+            push_metrics(push_registry(self.metrics), gateway)
         except OSError as exc:
             self._warn(f"could not push metrics to {gateway}: {exc}")
