@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from conftest import BUNDLED_CREW_CONTEXTS, EXAMPLE_SPEC, require_tool
 from orchestrate.cli.app import app
-from orchestrate.observe.report import REPORT_NAME, write_report
+from orchestrate.observe.report import REPORT_NAME, ensure_report, write_report
 from orchestrate.store.runs import RunFolder
 
 runner = CliRunner()
@@ -191,6 +191,26 @@ def test_a_run_with_no_events_still_gets_a_report(failed_run: Path) -> None:
     assert Page(text).problems == []
     assert "No task timings" in text
     assert "No model calls recorded" in text
+
+
+def test_show_report_prints_the_path_and_writes_a_missing_or_stale_report(
+    failed_run: Path,
+) -> None:
+    target = failed_run / REPORT_NAME
+    assert not target.exists()
+
+    result = runner.invoke(app, ["show", failed_run.name[:15], "--report"])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{target}\n"
+    assert target.is_file()
+    target.write_text("old")
+    stamp = target.stat().st_mtime_ns
+    os.utime(target, ns=(stamp, stamp))
+    assert ensure_report(RunFolder(failed_run)).read_text() == "old", "fresh: kept"
+    older = (failed_run / "run.json").stat().st_mtime_ns - 1_000_000_000
+    os.utime(target, ns=(older, older))
+    assert "<svg" in ensure_report(RunFolder(failed_run)).read_text(), "stale: rewritten"
 
 
 def test_the_report_renders_in_chromium_without_errors(resumed_run: Path, tmp_path: Path) -> None:

@@ -1,12 +1,18 @@
-"""The run timeline: segment math from hand-written events."""
+"""The run timeline: segment math from hand-written events, and `show --timeline`."""
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from conftest import BUNDLED_CREW_CONTEXTS, EXAMPLE_SPEC
+from orchestrate.cli.app import app
 from orchestrate.observe.timeline import (
     Phase,
     RunTimeline,
@@ -16,8 +22,10 @@ from orchestrate.observe.timeline import (
     tick_label,
 )
 
+runner = CliRunner()
 START = datetime(2026, 12, 4, 9, 0, 0, tzinfo=UTC)
 AGENTS = {"a": "architect", "b": "fullstack"}
+ANSI = re.compile(r"\x1b\[")
 
 
 def at(seconds: float, kind: str, **fields: Any) -> dict[str, Any]:
@@ -218,3 +226,48 @@ def test_axis_ticks_are_round_and_labels_as_short_as_the_step() -> None:
     assert axis_ticks(0) == [0]
     assert [tick_label(t, 0.25) for t in axis_ticks(1.9)[:3]] == ["0", "0.25s", "0.50s"]
     assert [tick_label(t, 900) for t in axis_ticks(5000)][-2:] == ["1h", "1h15m"]
+
+
+# --- `orchestrate show RUN_ID --timeline`, on real runs ----------------------------------
+
+
+@pytest.fixture
+def retried_run(isolated: Path, write_script, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A run where the developer's first call fails and the devops task fails for good."""
+    monkeypatch.setenv("ORCHESTRATE_RETRY_BASE_SECONDS", "0")
+    monkeypatch.setenv("ORCHESTRATE_RETRY_CAP_SECONDS", "0")
+    script = write_script(
+        fullstack={"answer": "FILE: app.py\n```python\nprint(1)\n```\n", "fail_first": 1},
+        devops={"error": "simulated outage"},
+    )
+    result = runner.invoke(
+        app, ["build", str(EXAMPLE_SPEC), "--model", f"scripted:{script}", "--json"]
+    )
+    assert result.exit_code == 1, result.output
+    return str(json.loads(result.stdout)["run_id"])
+
+
+def test_show_timeline_draws_a_line_per_task_without_colour_when_piped(retried_run: str) -> None:
+    result = runner.invoke(app, ["show", retried_run, "--timeline"], env={"COLUMNS": "100"})
+
+    assert result.exit_code == 0, result.output
+    assert not ANSI.search(result.stdout)
+    lines = result.stdout.splitlines()
+    for task in BUNDLED_CREW_CONTEXTS:
+        [line] = [line for line in lines if line.startswith(f"{task} ")]
+        assert "█" in line or task == "review"
+    assert re.search(r"^implement .*█.* (\d+\.\d)s succeeded$", result.stdout, re.MULTILINE)
+    assert re.search(r"^deploy .* failed$", result.stdout, re.MULTILINE)
+    assert re.search(r"^review .*◆.* skipped$", result.stdout, re.MULTILINE)
+    assert "critical path" in result.stdout
+    assert any(line.strip().startswith("┬") for line in lines), "an axis"
+    assert all(len(line) <= 100 for line in lines)
+
+
+def test_show_timeline_of_a_run_with_an_empty_log(retried_run: str, isolated: Path) -> None:
+    (next((isolated / "runs").iterdir()) / "events.jsonl").write_text("")
+
+    result = runner.invoke(app, ["show", retried_run, "--timeline"])
+
+    assert result.exit_code == 0, result.output
+    assert "No task timings" in result.stdout
