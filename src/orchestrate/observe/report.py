@@ -19,6 +19,7 @@ import html
 import itertools
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,7 +39,7 @@ from orchestrate.observe.timeline import (
     tick_label,
 )
 from orchestrate.store.events import Event, EventType
-from orchestrate.store.runs import RunFolder, RunRecord, RunStatus
+from orchestrate.store.runs import RunFolder, RunRecord, RunStatus, TaskRecord
 from orchestrate.store.usage import UsageTotals, run_events, usage_by
 
 REPORT_NAME = "report.html"
@@ -150,6 +151,11 @@ def tag(name: str, *children: object, **attributes: object) -> Html:
         return Html(f"<{name}{attrs}>")
     inner = "".join(_fragment(child) for child in children)
     return Html(f"<{name}{attrs}>{inner}</{name}>")
+
+
+def empty(name: str, **attributes: object) -> Html:
+    """An SVG element without children, ``<name attributes/>``."""
+    return Html(tag(name, **attributes).removesuffix(f"></{name}>") + "/>")
 
 
 def _fragment(child: object) -> str:
@@ -279,16 +285,13 @@ def _failure(run: _Run) -> Html | None:
 def _sessions_note(timeline: RunTimeline) -> str:
     count = len(timeline.sessions)
     if count <= 1:
-        return "wall clock, first task to last"
+        return "wall clock, start to finish"
     gaps = sum(timeline.gap_before(index) for index in range(count))
     return f"{count} sessions; {_duration(gaps)} between them left out"
 
 
-def _task_counts(tasks: Iterable[object]) -> str:
-    counts: dict[str, int] = {}
-    for task in tasks:
-        state = str(getattr(task, "state", "?"))
-        counts[state] = counts.get(state, 0) + 1
+def _task_counts(tasks: Iterable[TaskRecord]) -> str:
+    counts = Counter(task.state for task in tasks)
     others = [f"{count} {state}" for state, count in counts.items() if state != "succeeded"]
     return " · ".join(others) or "all succeeded"
 
@@ -521,9 +524,9 @@ def _row(frame: _Frame, line: _Line) -> Html:
 
 
 def _row_label(middle: float, line: _Line) -> Html:
-    agent = tag("text", line.task.agent, x=12, y=middle + 4, class_="agent")
+    agent = tag("text", _clip(line.task.agent, 13), x=12, y=middle + 4, class_="agent")
     name_class = "task critical" if line.critical else "task"
-    name = tag("text", _clip(line.task.name, 16), x=96, y=middle + 4, class_=name_class)
+    name = tag("text", _clip(line.task.name, 14), x=96, y=middle + 4, class_=name_class)
     return join(agent, name) if line.first_of_group else name
 
 
@@ -683,37 +686,41 @@ def _task_note(reason: str | None, files: list[str]) -> str:
 
 
 def _usage_section(run: _Run) -> Html:
+    """Calls, cache hits, failures, tokens, speed and cost per agent and per model."""
     by_agent, by_model = usage_by(run.events, "agent"), usage_by(run.events, "model")
     if not by_model:
         note = tag("p", "No model calls recorded.", class_="muted")
         return tag("section", tag("h2", "Model usage"), note, id="usage")
+    total = UsageTotals()
+    for event in run.of_type(EventType.LLM_CALL):
+        total.add_call(event)
+    total.fallbacks = len(run.of_type(EventType.MODEL_FALLBACK))
     return tag(
         "section",
         tag("h2", "Model usage"),
         tag("h3", "By agent"),
-        _usage_table("agent", by_agent),
+        _usage_table("agent", by_agent, total),
         tag("h3", "By model"),
-        _usage_table("model", by_model),
+        _usage_table("model", by_model, total),
         id="usage",
     )
 
 
-def _usage_table(key: str, totals: Mapping[str, UsageTotals]) -> Html:
+def _usage_table(key: str, totals: Mapping[str, UsageTotals], total: UsageTotals) -> Html:
     header = [key, "calls", "cached", "failed", "tokens in", "tokens out", "tok/s", "cost"]
-    rows: list[list[object]] = [[name, *_usage_cells(row)] for name, row in totals.items()]
-    total = UsageTotals()
-    for row in totals.values():
-        for field in ("calls", "cached", "failed", "prompt_tokens", "completion_tokens"):
-            setattr(total, field, getattr(total, field) + getattr(row, field))
-        total.cost += row.cost
-        total.seconds += row.seconds
-    rows.append([tag("strong", "total"), *_usage_cells(total)])
-    return _table(header, rows, numeric=range(1, 8))
+    fallbacks = total.fallbacks > 0
+    if fallbacks:
+        header.append("fallbacks")
+    rows: list[list[object]] = [
+        [name, *_usage_cells(row, fallbacks)] for name, row in totals.items()
+    ]
+    rows.append([tag("strong", "total"), *_usage_cells(total, fallbacks)])
+    return _table(header, rows, numeric=range(1, len(header)))
 
 
-def _usage_cells(row: UsageTotals) -> list[object]:
+def _usage_cells(row: UsageTotals, fallbacks: bool) -> list[object]:
     rate = row.tokens_per_second
-    return [
+    cells: list[object] = [
         f"{row.calls:,}",
         f"{row.cached:,}",
         f"{row.failed:,}",
@@ -722,6 +729,16 @@ def _usage_cells(row: UsageTotals) -> list[object]:
         "–" if rate is None else f"{rate:.1f}",
         f"{row.cost:.4f}",
     ]
+    return [*cells, f"{row.fallbacks:,}"] if fallbacks else cells
+
+
+@dataclass
+class _File:
+    """A generated file: its size and the task that wrote it last, and what happened."""
+
+    size: int | None = None
+    task: str = ""
+    note: str = ""
 
 
 def _files_section(run: _Run) -> Html:
@@ -729,8 +746,8 @@ def _files_section(run: _Run) -> Html:
     parts: list[Html | None] = [tag("h2", "Files")]
     if written:
         rows = [
-            [tag("code", path), _bytes(size), task, note]
-            for path, (size, task, note) in written.items()
+            [tag("code", path), _bytes(file.size), file.task, file.note]
+            for path, file in written.items()
         ]
         parts.append(_table(["path", "bytes", "task", "note"], rows, numeric=range(1, 2)))
     else:
@@ -740,20 +757,19 @@ def _files_section(run: _Run) -> Html:
     return tag("section", *parts, id="files")
 
 
-def _written_files(run: _Run) -> dict[str, tuple[int | None, str, str]]:
-    """Each path: its last size, the task that wrote it last, and what happened to it."""
-    files: dict[str, tuple[int | None, str, str]] = {
-        path: (None, "", "") for path in run.record.files
-    }
+def _written_files(run: _Run) -> dict[str, _File]:
+    """The run's files (run.json), with what the events say about each, sorted by path."""
+    files = {path: _File() for path in run.record.files}
     for event in run.of_type(EventType.FILE_WRITTEN):
-        path = str(event.get("path", "?"))
         size = event.get("bytes")
-        note = "replaced an earlier version" if event.get("replaced") else ""
-        files[path] = (size if isinstance(size, int) else None, str(event.get("task") or ""), note)
+        files[str(event.get("path", "?"))] = _File(
+            size if isinstance(size, int) else None,
+            str(event.get("task") or ""),
+            "replaced an earlier version" if event.get("replaced") else "",
+        )
     for event in run.of_type(EventType.FILE_CONFLICT):
-        path = str(event.get("path", "?"))
-        size, task, _ = files.get(path, (None, "", ""))
-        files[path] = (size, task, f"{event.get('winner')} won over {event.get('loser')}")
+        file = files.setdefault(str(event.get("path", "?")), _File())
+        file.note = f"{event.get('winner')} won over {event.get('loser')}"
     return dict(sorted(files.items()))
 
 
@@ -861,11 +877,6 @@ def _table(
     return tag("div", tag("table", tag("thead", head), tag("tbody", *body)), class_="table-wrap")
 
 
-def empty(name: str, **attributes: object) -> Html:
-    """An SVG element without children, ``<name attributes/>``."""
-    return Html(tag(name, **attributes).removesuffix(f"></{name}>") + "/>")
-
-
 def _between(parts: list[Html], separator: str) -> list[Html]:
     spaced: list[Html] = []
     for index, part in enumerate(parts):
@@ -904,7 +915,7 @@ def _bytes(size: int | None) -> str:
 
 
 def _total_bytes(run: _Run) -> int | None:
-    sizes = [size for size, _, _ in _written_files(run).values() if size is not None]
+    sizes = [file.size for file in _written_files(run).values() if file.size is not None]
     return sum(sizes) if sizes else None
 
 
@@ -1062,6 +1073,8 @@ th { font-size: 12px; color: var(--muted); font-weight: 600; background: var(--p
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tbody tr:last-child td { border-bottom: none; }
 td .note { color: var(--muted); overflow-wrap: anywhere; }
+td:last-child { min-width: 14em; }
+@media (max-width: 640px) { main { padding: 20px 14px 32px; } h1 { font-size: 23px; } }
 .critical-name { color: var(--accent); font-weight: 600; }
 pre.answer {
   background: var(--panel); border: 1px solid var(--line); border-radius: 8px;
