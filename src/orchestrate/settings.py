@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     embedded_model: Path | None = Field(
         None, description="A GGUF file or Hugging Face model folder for the embedded backend."
     )
+    embedded_adapter: Path | None = Field(
+        None, description="A LoRA adapter folder (orchestrate finetune) for embedded models."
+    )
     max_tokens: int = Field(512, ge=1, le=32768, description="Most tokens one answer may have.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
@@ -169,6 +172,15 @@ class Settings(BaseSettings):
         None, description="Pushgateway URL that receives a build's metrics when it ends."
     )
 
+    # Fine-tuning.
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "ORCHESTRATE_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI", "mlflow_tracking_uri"
+        ),
+        description="MLflow store for fine-tunes; default: SQLite in the state directory.",
+    )
+
     @field_validator("budget_thresholds")
     @classmethod
     def _descending_shares(cls, shares: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -184,7 +196,13 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "home", "runs_dir", "crew_file", "embedded_model", "pricing_file", "tokenizer_file"
+        "home",
+        "runs_dir",
+        "crew_file",
+        "embedded_model",
+        "embedded_adapter",
+        "pricing_file",
+        "tokenizer_file",
     )
     @classmethod
     def _expand_home(cls, path: Path | None) -> Path | None:

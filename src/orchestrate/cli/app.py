@@ -13,6 +13,7 @@ from orchestrate.cli import (
     budget_cmd,
     build_cmd,
     doctor_cmd,
+    finetune_cmd,
     gpu_cmd,
     graph_cmd,
     models_cmd,
@@ -58,6 +59,7 @@ app.add_typer(cache_app, name="cache")
 app.command("budget")(budget_cmd.budget)
 app.command("gpu")(gpu_cmd.gpu)
 app.add_typer(metrics_app, name="metrics")
+app.command("finetune")(finetune_cmd.finetune)
 
 
 def main() -> None:

@@ -74,6 +74,12 @@ def build(
         None, "--pushgateway", metavar="URL", help="Push the run's metrics here when it ends."
     ),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON result, no table."),
+    adapter: Path | None = typer.Option(
+        None,
+        "--adapter",
+        metavar="DIR",
+        help="A LoRA adapter (from orchestrate finetune) loaded on the embedded model.",
+    ),
 ) -> None:
     """Build a project from SPEC with the crew, running independent tasks in parallel.
 
@@ -90,7 +96,7 @@ def build(
                 "--resume continues a run with its own spec and crew; drop SPEC and --crew"
             )
         exits = _Exits(metrics_port, pushgateway, json_output)
-        _resume(resume, model, workers, out, fail_fast, no_cache, exits)
+        _resume(resume, model, workers, out, fail_fast, no_cache, exits, adapter)
         return
     if spec is None:
         raise UserInputError("give a SPEC (text or a file), or --resume RUN_ID")
@@ -102,8 +108,10 @@ def build(
         max_tokens=max_tokens,
         metrics_port=metrics_port,
         pushgateway=pushgateway,
+        embedded_adapter=adapter,
     )
     _check_out(out)
+    _check_adapter(settings, adapter)
     configure_logging(settings.log_level)
     with _telemetry(settings, use_cache=not no_cache, quiet=json_output) as telemetry:
         the_spec = load_spec(spec)
@@ -179,6 +187,7 @@ def _resume(
     fail_fast: bool,
     no_cache: bool,
     exits: _Exits,
+    adapter: Path | None = None,
 ) -> None:
     from orchestrate.settings import load_settings
     from orchestrate.store.runs import RunStatus, RunStore
@@ -196,8 +205,10 @@ def _resume(
         temperature=record.temperature,
         metrics_port=exits.metrics_port,
         pushgateway=exits.pushgateway,
+        embedded_adapter=adapter,
     )
     _check_out(out)
+    _check_adapter(settings, adapter)
     configure_logging(settings.log_level)
     with _telemetry(settings, use_cache=not no_cache, quiet=exits.json_output) as telemetry:
         crew = record.crew_config()
@@ -217,6 +228,19 @@ def _check_out(out: Path | None) -> None:
 
     if out is not None and out.exists() and not out.is_dir():
         raise UserInputError(f"--out {out} is a file; give a folder (it is created if missing)")
+
+
+def _check_adapter(settings: Settings, adapter: Path | None) -> None:
+    """An --adapter flag needs an embedded model to load it on."""
+    from orchestrate.errors import UserInputError
+
+    if adapter is not None and not any(
+        name.startswith("embedded:") for name in settings.model_chain()
+    ):
+        raise UserInputError(
+            f"--adapter {adapter} needs an embedded model (--model embedded:smollm2-135m); "
+            f"{settings.model} has its own weights"
+        )
 
 
 @contextmanager

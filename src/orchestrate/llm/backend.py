@@ -126,11 +126,13 @@ def create_backend(
     embedded_model: Path | None = None,
     leases: GpuLeaseManager | None = None,
     connections: Connections | None = None,
+    adapter: Path | None = None,
 ) -> Backend:
     """Build the backend a model name asks for; nothing heavy is loaded yet.
 
     With ``leases``, a local model holds a device lease around each generation;
-    ``connections`` says where the remote backends are.
+    ``connections`` says where the remote backends are; ``adapter`` is a LoRA adapter
+    folder loaded on embedded models (other backends have their own weights).
     """
     backend, name = parse_model_name(model)
     if backend in ("ollama", "openai"):
@@ -144,7 +146,7 @@ def create_backend(
     from orchestrate.llm.embedded import EmbeddedBackend, locate_embedded_model
 
     source = locate_embedded_model(name, override=embedded_model)
-    return EmbeddedBackend(model, source, models_dir, leases=leases)
+    return EmbeddedBackend(model, source, models_dir, leases=leases, adapter=adapter)
 
 
 def _remote_backend(backend: str, name: str, connections: Connections) -> Backend:

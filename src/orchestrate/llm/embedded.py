@@ -19,6 +19,7 @@ import os
 import shutil
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -71,7 +72,7 @@ def bundled_gguf() -> Path | None:
 def locate_embedded_model(name: str, *, override: Path | None) -> ModelSource:
     """Resolve ``embedded:NAME`` (or ORCHESTRATE_EMBEDDED_MODEL) to weights on disk."""
     if override is not None:
-        return _checked_source(override, "ORCHESTRATE_EMBEDDED_MODEL")
+        return checked_source(override, "ORCHESTRATE_EMBEDDED_MODEL")
     if name == BUNDLED_NAME:
         gguf = bundled_gguf()
         if gguf is None:
@@ -81,14 +82,14 @@ def locate_embedded_model(name: str, *, override: Path | None) -> ModelSource:
             )
         return ModelSource(gguf)
     if Path(name).exists():
-        return _checked_source(Path(name), f"embedded:{name}")
+        return checked_source(Path(name), f"embedded:{name}")
     raise ModelNotFoundError(
         f"unknown embedded model '{name}': use embedded:{BUNDLED_NAME}, embedded:PATH to a "
         f"GGUF file or model folder, or set ORCHESTRATE_EMBEDDED_MODEL"
     )
 
 
-def _checked_source(path: Path, label: str) -> ModelSource:
+def checked_source(path: Path, label: str) -> ModelSource:
     if path.is_file() and path.suffix.lower() == ".gguf":
         return ModelSource(path)
     if path.is_dir() and (path / "config.json").is_file():
@@ -110,11 +111,13 @@ class EmbeddedBackend:
         models_dir: Path,
         *,
         leases: GpuLeaseManager | None = None,
+        adapter: Path | None = None,
     ) -> None:
         self._name = name
         self._source = source
         self._models_dir = models_dir
         self._leases = leases
+        self._adapter = LoraAdapter.at(adapter) if adapter is not None else None
 
     @property
     def name(self) -> str:
@@ -122,8 +125,11 @@ class EmbeddedBackend:
 
     @property
     def identity(self) -> str:
-        # Decoding settings that change the answer belong to the identity too.
-        return f"{self._name}:{self._source.cache_key()}:rp{REPETITION_PENALTY}"
+        # Decoding settings and an adapter change the answer, so they belong to it too.
+        identity = f"{self._name}:{self._source.cache_key()}:rp{REPETITION_PENALTY}"
+        if self._adapter is not None:
+            identity += f":lora-{self._adapter.sha256[:16]}"
+        return identity
 
     def prepare(self) -> None:
         self._model()
@@ -135,13 +141,36 @@ class EmbeddedBackend:
         return self._model().count_tokens(messages)
 
     def _model(self) -> LoadedModel:
-        return LoadedModel.shared(self._source, self._models_dir)
+        return LoadedModel.shared(self._source, self._models_dir, self._adapter)
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    """A LoRA adapter folder (``orchestrate finetune``'s output) and its content hash."""
+
+    path: Path
+    sha256: str
+
+    @classmethod
+    def at(cls, path: Path) -> LoraAdapter:
+        """Check the folder holds an adapter and fingerprint its config and weights."""
+        if not (path / "adapter_config.json").is_file():
+            raise ModelNotFoundError(
+                f"--adapter {path} is not a LoRA adapter folder (no adapter_config.json)"
+            )
+        digest = hashlib.sha256()
+        for name in sorted(p.name for p in path.iterdir() if p.name.startswith("adapter_")):
+            digest.update(name.encode())
+            with (path / name).open("rb") as stream:
+                for chunk in iter(lambda: stream.read(1 << 20), b""):
+                    digest.update(chunk)
+        return cls(path.resolve(), digest.hexdigest())
 
 
 class LoadedModel:
     """Weights and tokenizer in memory, one instance per source per process."""
 
-    _instances: ClassVar[dict[Path, LoadedModel]] = {}
+    _instances: ClassVar[dict[tuple[Path, str], LoadedModel]] = {}
     _instances_lock = threading.Lock()
 
     def __init__(self, model: Any, tokenizer: Any, context_window: int) -> None:
@@ -155,19 +184,23 @@ class LoadedModel:
         self._tokenizer_lock = threading.Lock()
 
     @classmethod
-    def shared(cls, source: ModelSource, models_dir: Path) -> LoadedModel:
+    def shared(
+        cls, source: ModelSource, models_dir: Path, adapter: LoraAdapter | None = None
+    ) -> LoadedModel:
         with cls._instances_lock:
-            key = source.path.resolve()
+            key = (source.path.resolve(), adapter.sha256 if adapter else "")
             if key not in cls._instances:
-                cls._instances[key] = cls._load(source, models_dir)
+                cls._instances[key] = cls._load(source, models_dir, adapter)
             return cls._instances[key]
 
     @classmethod
-    def _load(cls, source: ModelSource, models_dir: Path) -> LoadedModel:
-        _quiet_transformers()
+    def _load(
+        cls, source: ModelSource, models_dir: Path, adapter: LoraAdapter | None = None
+    ) -> LoadedModel:
+        quiet_transformers()
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        folder = _converted_copy(source, models_dir) if source.is_gguf else source.path
+        folder = model_folder(source, models_dir)
         started = time.perf_counter()
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -176,6 +209,8 @@ class LoadedModel:
             raise ModelNotFoundError(
                 f"cannot load the embedded model from {folder}: {exc}"
             ) from exc
+        if adapter is not None:
+            model = _with_adapter(model, adapter)
         model.eval()  # type: ignore[no-untyped-call]
         logger.info("loaded %s in %.2f s", folder, time.perf_counter() - started)
         window = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
@@ -244,6 +279,22 @@ class LoadedModel:
         return {"do_sample": True, "temperature": temperature}
 
 
+def _with_adapter(model: Any, adapter: LoraAdapter) -> Any:
+    """The model with the LoRA weights merged in: generation then costs what it did."""
+    from peft import PeftModel
+
+    try:
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in 5.x
+            warnings.simplefilter("ignore", FutureWarning)
+            merged = PeftModel.from_pretrained(model, adapter.path).merge_and_unload()
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise ModelNotFoundError(
+            f"cannot load the adapter {adapter.path} on this model: {exc}"
+        ) from exc
+    logger.info("merged the LoRA adapter %s (%s)", adapter.path, adapter.sha256[:12])
+    return merged
+
+
 def estimate_lease_mib(model: Any) -> int:
     """Weights plus a quarter for activations and the KV cache of one generation."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -269,6 +320,11 @@ class _GenerationWatcher:
 def _cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
     cuts = [text.find(stop) for stop in stops if stop and stop in text]
     return text[: min(cuts)] if cuts else text
+
+
+def model_folder(source: ModelSource, models_dir: Path) -> Path:
+    """A Hugging Face folder of the source's weights: itself, or its converted copy."""
+    return _converted_copy(source, models_dir) if source.is_gguf else source.path
 
 
 def _converted_copy(source: ModelSource, models_dir: Path) -> Path:
@@ -311,7 +367,7 @@ def _convert_gguf(gguf: Path, destination: Path) -> None:
     logger.info("converted %s in %.1f s", gguf.name, time.perf_counter() - started)
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     """No progress bars or hub lookups: the weights are local and the terminal is ours."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

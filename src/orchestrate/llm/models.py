@@ -116,6 +116,7 @@ class LinkFactory:
             embedded_model=settings.embedded_model,
             leases=self._leases,
             connections=self.connections,
+            adapter=settings.embedded_adapter,
         )
         if parse_model_name(model)[0] in REMOTE_BACKENDS:
             config = BreakerConfig(
