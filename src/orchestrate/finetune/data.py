@@ -10,6 +10,8 @@ Three sources give the same thing, a chat whose last message is the answer to le
 
 A line that cannot be used is reported with its number and skipped; a dataset left with
 fewer than two examples is refused, because one example is held out for the eval loss.
+``encode`` turns a chat into tokens whose loss covers the answer only, and ``Batches``
+picks and pads each step's examples.
 """
 
 from __future__ import annotations
@@ -264,3 +266,40 @@ def _template_ids(
         chat, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=True
     )["input_ids"]
     return [int(token) for token in ids]
+
+
+class Batches:
+    """Step ``s``'s batch: a seeded shuffle per epoch, padded to its longest example."""
+
+    def __init__(self, examples: list[EncodedExample], batch_size: int, pad_id: int, seed: int):
+        self.examples = examples
+        self.batch_size = batch_size
+        self.pad_id = pad_id
+        self.seed = seed
+
+    def for_step(self, step: int) -> list[EncodedExample]:
+        count = len(self.examples)
+        start = (step - 1) * self.batch_size
+        chosen = []
+        for position in range(start, start + self.batch_size):
+            epoch, index = divmod(position, count)
+            order = list(range(count))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            chosen.append(self.examples[order[index]])
+        return chosen
+
+    def collate(self, batch: list[EncodedExample], device: str) -> dict[str, Any]:
+        import torch
+
+        width = max(len(example.input_ids) for example in batch)
+        ids, labels, mask = [], [], []
+        for example in batch:
+            padding = width - len(example.input_ids)
+            ids.append(example.input_ids + [self.pad_id] * padding)
+            labels.append(example.labels + [IGNORE_INDEX] * padding)
+            mask.append([1] * len(example.input_ids) + [0] * padding)
+        return {
+            "input_ids": torch.tensor(ids, device=device),
+            "labels": torch.tensor(labels, device=device),
+            "attention_mask": torch.tensor(mask, device=device),
+        }

@@ -61,10 +61,11 @@ class FinetuneOutcome:
 
 
 def plan_finetune(request: FinetuneRequest, settings: Settings) -> FinetunePlan:
-    """Check the request and load the data; nothing heavy is imported."""
+    """Check the flags and the data first, then find the base model (converted once)."""
     overrides = {k: v for k, v in (request.overrides or {}).items() if v is not None}
     _check_values(overrides)
-    warnings: list[str] = []
+    dataset = load_dataset(request.data)  # before the base model, which may take a while
+    warnings = list(dataset.problems)
     if request.resume:
         checkpoint = latest_checkpoint(request.output)
         if checkpoint is None:
@@ -77,8 +78,6 @@ def plan_finetune(request: FinetuneRequest, settings: Settings) -> FinetunePlan:
         checkpoint = None
         base = resolve_base(request.base, settings)
         config = TrainingConfig(base=str(base), **overrides)
-    dataset = load_dataset(request.data)
-    warnings += dataset.problems
     if checkpoint is not None and checkpoint.dataset_sha256 != dataset.sha256:
         warnings.append("the data differs from the data the checkpoint was trained on")
     return FinetunePlan(config, dataset, checkpoint, warnings)

@@ -10,7 +10,6 @@ same batches it would have seen without the interruption.
 from __future__ import annotations
 
 import logging
-import random
 import resource
 import sys
 import threading
@@ -24,7 +23,7 @@ from typing import Any, Protocol
 
 from orchestrate.errors import OrchestrateError, TaskCancelledError, UserInputError
 from orchestrate.finetune.checkpoints import CheckpointState, restore_checkpoint, save_checkpoint
-from orchestrate.finetune.data import IGNORE_INDEX, Dataset, EncodedExample, encode
+from orchestrate.finetune.data import Batches, Dataset, EncodedExample, encode
 
 logger = logging.getLogger(__name__)
 
@@ -107,43 +106,6 @@ def resolve_device(requested: str) -> tuple[str, str]:
     if device == "cuda" and torch.cuda.is_bf16_supported():
         return device, "bfloat16"
     return device, "float32"
-
-
-class Batches:
-    """Step ``s``'s batch: a seeded shuffle per epoch, padded to its longest example."""
-
-    def __init__(self, examples: list[EncodedExample], batch_size: int, pad_id: int, seed: int):
-        self.examples = examples
-        self.batch_size = batch_size
-        self.pad_id = pad_id
-        self.seed = seed
-
-    def for_step(self, step: int) -> list[EncodedExample]:
-        count = len(self.examples)
-        start = (step - 1) * self.batch_size
-        chosen = []
-        for position in range(start, start + self.batch_size):
-            epoch, index = divmod(position, count)
-            order = list(range(count))
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-            chosen.append(self.examples[order[index]])
-        return chosen
-
-    def collate(self, batch: list[EncodedExample], device: str) -> dict[str, Any]:
-        import torch
-
-        width = max(len(example.input_ids) for example in batch)
-        ids, labels, mask = [], [], []
-        for example in batch:
-            padding = width - len(example.input_ids)
-            ids.append(example.input_ids + [self.pad_id] * padding)
-            labels.append(example.labels + [IGNORE_INDEX] * padding)
-            mask.append([1] * len(example.input_ids) + [0] * padding)
-        return {
-            "input_ids": torch.tensor(ids, device=device),
-            "labels": torch.tensor(labels, device=device),
-            "attention_mask": torch.tensor(mask, device=device),
-        }
 
 
 def load_base(base: str, device: str, dtype: str) -> tuple[Any, Any]:
