@@ -1072,8 +1072,7 @@ th, td {
 th { font-size: 12px; color: var(--muted); font-weight: 600; background: var(--panel); }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tbody tr:last-child td { border-bottom: none; }
-td .note { color: var(--muted); overflow-wrap: anywhere; }
-td:last-child { min-width: 14em; }
+td .note { display: inline-block; min-width: 14em; color: var(--muted); overflow-wrap: anywhere; }
 @media (max-width: 640px) { main { padding: 20px 14px 32px; } h1 { font-size: 23px; } }
 .critical-name { color: var(--accent); font-weight: 600; }
 pre.answer {
