@@ -276,3 +276,15 @@ def test_metrics_show_prints_the_host_view(isolated: Path) -> None:
     assert result.exit_code == 0
     assert 'orchestrate_runs_total{status="succeeded"} 1.0' in result.stdout
     assert os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").endswith("metrics")
+
+
+def test_every_build_leaves_its_report_even_a_failed_one(isolated: Path, write_script) -> None:
+    script = write_script(devops={"error": "simulated outage"})
+
+    code, payload, _ = build("--model", f"scripted:{script}")
+
+    assert code == 1
+    report = Path(str(payload["report"]))
+    assert report == Path(str(payload["run_dir"])) / "report.html"
+    page = report.read_text()
+    assert "simulated outage" in page and "<svg" in page

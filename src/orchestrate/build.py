@@ -479,7 +479,17 @@ class BuildRun(ExecutionListener):
         )
         self.events.close()
         self.checkpoint.close()
+        self._write_report()
         self._run_lock.release()
+
+    def _write_report(self) -> None:
+        """``report.html``; one that cannot be written costs a warning, never the run."""
+        from orchestrate.observe.report import write_report
+
+        try:
+            write_report(self.folder)
+        except Exception as exc:  # the run's results are saved already; the page is extra
+            logger.warning("could not write %s/report.html: %s", self.folder.path, exc)
 
     def _verdict(self) -> str | None:
         for name, task in self.crew.tasks.items():

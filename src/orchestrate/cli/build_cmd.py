@@ -396,6 +396,7 @@ def _result_json(result: BuildResult) -> dict[str, Any]:
         "status": record.status.value,
         "exit_code": result.exit_code,
         "run_dir": str(result.folder.path),
+        "report": str(result.folder.path / "report.html"),
         "out_dir": record.out_dir,
         "seconds": record.seconds,
         "critical_path": record.critical_path,
@@ -452,6 +453,7 @@ def _print_summary(result: BuildResult) -> None:
     if record.verdict:
         console.print(f"  critic verdict: {record.verdict}")
     console.print(f"  run folder: {result.folder.path}", highlight=False)
+    console.print(f"  report: {result.folder.path / 'report.html'}", highlight=False)
     if record.status.value != "succeeded":
         console.print(f"  finish it with: orchestrate resume {record.id}", highlight=False)
     if record.out_dir:
