@@ -130,6 +130,8 @@ def test_ctrl_c_saves_state_and_exits_130_then_resume_finishes(isolated: Path):
     assert code == 0
     assert model_calls(run_dir)["design"] == 1
     assert {task["state"] for task in result["tasks"].values()} == {"succeeded"}
+    # the makespan adds both sessions: the first one's time is not forgotten
+    assert result["seconds"] > interrupted["seconds"] > 0
 
 
 def test_a_second_ctrl_c_quits_at_once_and_the_run_still_resumes(isolated: Path):

@@ -133,6 +133,8 @@ class BuildRun(ExecutionListener):
         self._history = DurationHistory(options.history_path) if options.history_path else None
         self._answers = {name: done.answer for name, done in self.checkpoint.finished().items()}
         self._restored: set[str] = set()  # tasks done by an earlier process of this run
+        # A resumed run's makespan adds up its sessions, not the idle time between them.
+        self._earlier_seconds = record.seconds or 0.0
 
     @classmethod
     def start(
@@ -453,7 +455,7 @@ class BuildRun(ExecutionListener):
             record = self.record
             record.status = status
             record.ended_at = utc_now()
-            record.seconds = round(seconds, 3)
+            record.seconds = round(self._earlier_seconds + seconds, 3)
             durations = {
                 name: task.seconds or 0.0
                 for name, task in record.tasks.items()

@@ -122,7 +122,8 @@ def show(
         stored["usage"] = {"by_agent": _usage_json(by_agent), "by_model": _usage_json(by_model)}
         console.print_json(json.dumps(stored))
         return
-    console.print(f"[bold]Run {record.id}[/] {styled_state(_status(record))}: {record.spec_title}")
+    title = escape(record.spec_title)  # "[...]" in a title is text, not Rich markup
+    console.print(f"[bold]Run {record.id}[/] {styled_state(_status(record))}: {title}")
     console.print(
         f"  model {record.model}, {record.workers} workers, started "
         f"{local_time(record.started_at)}, took {format_seconds(record.seconds)}; "
