@@ -71,6 +71,7 @@ class BuildOptions:
     fail_fast: bool = False
     policy: TaskPolicy = field(default_factory=TaskPolicy)
     history_path: Path | None = None  # per-agent durations for priorities; None: none kept
+    currency: str = "USD"  # of the budget, and so of every cost recorded
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ class BuildRun(ExecutionListener):
             workers=options.workers,
             max_tokens=options.max_tokens,
             temperature=options.temperature,
+            currency=options.currency,
         )
         folder.save(record)
         return cls(folder, record, crew.config, models, options, observer, guards)

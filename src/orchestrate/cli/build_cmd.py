@@ -319,6 +319,7 @@ def _options(settings: Settings, out: Path | None, fail_fast: bool) -> BuildOpti
         fail_fast=fail_fast,
         policy=settings.task_policy(),
         history_path=settings.history_path,
+        currency=settings.currency,
     )
 
 

@@ -370,8 +370,7 @@ def _money(amount: float, currency: str | None) -> str:
 
 def _currency(record: RunRecord) -> str | None:
     """The currency the run's costs are in, when its record says (older ones do not)."""
-    currency = getattr(record, "currency", None)
-    return currency if isinstance(currency, str) else None
+    return record.currency
 
 
 def _status(record: RunRecord) -> str:

@@ -253,7 +253,11 @@ def _cards(run: _Run) -> Html:
         _card("Tasks done", f"{done} / {len(tasks)}", _task_counts(tasks)),
         _card("Tokens", f"{record.prompt_tokens:,} in", f"{record.completion_tokens:,} out"),
         _card("Model calls", f"{record.llm_calls:,}", calls),
-        _card("Cost", f"{record.cost:.4f}", "paid model calls" if record.cost else "free models"),
+        _card(
+            "Cost",
+            f"{record.cost:.4f} {record.currency or ''}".strip(),
+            "paid model calls" if record.cost else "free models",
+        ),
         _card("Files", f"{len(record.files)}", _bytes(_total_bytes(run))),
         class_="cards",
         aria_label="Summary",

@@ -67,6 +67,7 @@ class RunRecord(BaseModel):
     workers: int
     max_tokens: int | None = None
     temperature: float | None = None
+    currency: str | None = None  # of every cost in the record; None in runs before it
     resumes: int = 0  # how many times `orchestrate resume` picked the run up again
     started_at: datetime = Field(default_factory=utc_now)
     ended_at: datetime | None = None
@@ -91,9 +92,11 @@ class RunRecord(BaseModel):
         workers: int,
         max_tokens: int,
         temperature: float,
+        currency: str | None = None,
     ) -> RunRecord:
         """The record of a new run of ``crew`` on ``spec``: every task pending."""
         return cls(
+            currency=currency,
             id=run_id,
             spec_title=spec.title,
             spec_text=spec.text,
