@@ -18,8 +18,9 @@ from orchestrate.cli.common import configure_logging, console, err_console, repo
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-    from orchestrate.finetune.session import FinetuneOutcome, FinetunePlan
+    from orchestrate.finetune.session import FinetuneOutcome, FinetunePlan, FinetuneRequest
     from orchestrate.finetune.training import StepReport
+    from orchestrate.settings import Settings
 
 MAX_WARNINGS = 10  # bad lines shown before "and N more"
 
@@ -89,7 +90,7 @@ def finetune(
     _train(request, plan, settings)
 
 
-def _train(request: Any, plan: FinetunePlan, settings: Any) -> None:
+def _train(request: FinetuneRequest, plan: FinetunePlan, settings: Settings) -> None:
     from orchestrate.finetune.session import run_finetune
 
     stop = threading.Event()

@@ -146,15 +146,22 @@ def with_lora(model: Any, config: TrainingConfig) -> Any:
 
 
 def estimate_lease_mib(model: Any, config: TrainingConfig) -> int:
-    """Weights, plus gradients and AdamW moments of the adapter, plus activations."""
+    """Weights, the adapter's gradients and AdamW moments, and one step's activations.
+
+    Per token and layer a decoder keeps about a dozen hidden-sized tensors and a few
+    MLP-sized ones for the backward pass; the logits over the vocabulary are kept in
+    fp32 with their softmax and gradient. A quarter more covers the allocator's slack.
+    """
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    settings = model.config
+    shape = model.config
+    hidden = int(getattr(shape, "hidden_size", 1024))
+    mlp = int(getattr(shape, "intermediate_size", 4 * hidden))
+    layers = int(getattr(shape, "num_hidden_layers", 24))
+    vocab = int(getattr(shape, "vocab_size", 32000))
+    width = next(model.parameters()).element_size()
     tokens = config.batch_size * config.max_length
-    hidden = int(getattr(settings, "hidden_size", 1024))
-    layers = int(getattr(settings, "num_hidden_layers", 24))
-    vocab = int(getattr(settings, "vocab_size", 32000))
-    activations = tokens * hidden * layers * 4 * 16 + tokens * vocab * 4 * 4
+    activations = tokens * layers * (12 * hidden + 4 * mlp) * width + tokens * vocab * 4 * 4
     return max(1, int((weights + trainable * 12 + activations) * 1.25) // MIB)
 
 
