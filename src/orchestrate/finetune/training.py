@@ -108,8 +108,8 @@ def resolve_device(requested: str) -> tuple[str, str]:
     return device, "float32"
 
 
-def load_base(base: str, device: str, dtype: str) -> tuple[Any, Any]:
-    """The base model (frozen weights) and its tokenizer, from a local folder."""
+def load_base(base: str, dtype: str) -> tuple[Any, Any]:
+    """The base model and its tokenizer from a local folder, on the CPU."""
     import torch
 
     from orchestrate.llm.embedded import quiet_transformers
@@ -124,7 +124,7 @@ def load_base(base: str, device: str, dtype: str) -> tuple[Any, Any]:
         raise UserInputError(f"cannot load the base model from {base}: {exc}") from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device), tokenizer
+    return model, tokenizer
 
 
 def with_lora(model: Any, config: TrainingConfig) -> Any:
@@ -193,24 +193,28 @@ def train(
     resume_from: CheckpointState | None = None,
     tracking_run_id: str | None = None,
 ) -> TrainingResult:
-    """Fine-tune ``config.base`` on ``dataset`` and save the adapter in ``output``."""
+    """Fine-tune ``config.base`` on ``dataset`` and save the adapter in ``output``.
+
+    The model is loaded on the CPU and moves to the device only once the lease, sized
+    from it, is granted; the lease is held until the adapter is saved.
+    """
     import torch
 
     torch.manual_seed(config.seed)
     device, dtype = resolve_device(config.device)
-    model, tokenizer = load_base(config.base, device, dtype)
+    model, tokenizer = load_base(config.base, dtype)
     train_set, eval_set = _encoded(dataset, tokenizer, config)
     model = with_lora(model, config)
-    optimizer, scheduler = make_optimizer(model, config)
-    first = 1
-    if resume_from is not None:
-        restore_checkpoint(resume_from, model=model, optimizer=optimizer, scheduler=scheduler)
-        first = resume_from.step + 1
-    batches = Batches(train_set, config.batch_size, int(tokenizer.pad_token_id), config.seed)
-    loop = _Loop(config, model, optimizer, scheduler, batches, device, dtype, metrics)
     lease_mib = estimate_lease_mib(model, config)
     lease = leases.lease(f"finetune {output}", device, lease_mib) if leases else nullcontext()
     with lease:
+        model.to(device)
+        optimizer, scheduler = make_optimizer(model, config)
+        if resume_from is not None:
+            restore_checkpoint(resume_from, model=model, optimizer=optimizer, scheduler=scheduler)
+        first = resume_from.step + 1 if resume_from is not None else 1
+        batches = Batches(train_set, config.batch_size, int(tokenizer.pad_token_id), config.seed)
+        loop = _Loop(config, model, optimizer, scheduler, batches, device, dtype, metrics)
         before = None if resume_from else loop.eval_loss(eval_set, step=0)
         if observer is not None:
             observer.on_start(first, config.steps, device)
@@ -276,7 +280,7 @@ class _Loop:
             if observer is not None:
                 observer.on_step(report)
             yield report
-            if stop is not None and stop.is_set():
+            if stop is not None and stop.is_set() and step < self.config.steps:
                 folder = self.save(output, step, dataset_sha256, tracking_run_id)
                 raise TaskCancelledError(
                     f"interrupted after step {step}; checkpoint in {folder}; "
