@@ -20,6 +20,8 @@ from typer.testing import CliRunner
 
 from orchestrate.cli import finetune_cmd
 from orchestrate.cli.app import app
+from orchestrate.finetune.data import IGNORE_INDEX, Example, encode
+from orchestrate.safety.gpu import DeviceCapacity, GpuLeaseManager
 
 pytestmark = pytest.mark.embedded
 
@@ -102,6 +104,24 @@ def metric_history(home: Path, run_id: str, key: str) -> list[tuple[int, float]]
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
+def test_only_the_answer_carries_a_loss(base_folder: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_folder)
+    example = Example((("user", "Say hi. " * 40), ("assistant", "Hi there!")), "test")
+
+    encoded = encode(tokenizer, example, max_length=48)
+
+    assert len(encoded.input_ids) == 48  # the prompt's start was cut, not the answer
+    answer = [
+        t
+        for t, label in zip(encoded.input_ids, encoded.labels, strict=True)
+        if label != IGNORE_INDEX
+    ]
+    assert tokenizer.decode(answer).startswith("Hi there!")
+    assert encoded.labels[0] == IGNORE_INDEX
+
+
 def test_the_loss_falls(trained: Trained) -> None:
     [run] = mlflow_runs(trained.home)
     losses = [value for _, value in metric_history(trained.home, run.info.run_id, "loss")]
@@ -167,10 +187,13 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(
     home, output = workspace / "home-resume", workspace / "resumed"
     data = write_data(workspace / "resume.jsonl", count=8)
     on_step = finetune_cmd._StepProgress.on_step
+    holders: list[str] = []
 
     def interrupt_at_step_2(self: Any, report: Any) -> None:
         on_step(self, report)
         if report.step == 2:
+            leases = GpuLeaseManager(home, capacity=lambda device: DeviceCapacity(device, 1, 1, ""))
+            holders.extend(entry.holder for entry in leases.snapshot("cpu").held)
             os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
 
     monkeypatch.setattr(finetune_cmd._StepProgress, "on_step", interrupt_at_step_2)
@@ -182,6 +205,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(
     monkeypatch.undo()
 
     assert first.exit_code == 130, first.output
+    assert holders == [f"finetune {output}"]  # the device lease is held while training
     assert "--resume" in first.stderr and "Traceback" not in first.output
     assert (output / "checkpoints" / "step-00000002" / "optimizer.pt").is_file()
 
