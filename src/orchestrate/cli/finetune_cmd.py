@@ -36,19 +36,29 @@ def finetune(
     output: Path | None = typer.Option(
         None, "--output", help="Folder for the adapter and checkpoints (default: adapters/DATA)."
     ),
-    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps in all [60]."),
-    learning_rate: float | None = typer.Option(None, "--learning-rate", help="Peak rate [2e-4]."),
-    lora_r: int | None = typer.Option(None, "--lora-r", help="LoRA rank [8]."),
-    lora_alpha: int | None = typer.Option(None, "--lora-alpha", help="LoRA alpha [16]."),
+    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps in all (default: 60)."),
+    learning_rate: float | None = typer.Option(
+        None, "--learning-rate", help="Peak learning rate (default: 2e-4)."
+    ),
+    lora_r: int | None = typer.Option(None, "--lora-r", help="LoRA rank (default: 8)."),
+    lora_alpha: int | None = typer.Option(None, "--lora-alpha", help="LoRA alpha (default: 16)."),
     target_modules: list[str] | None = typer.Option(
-        None, "--target-modules", help="Modules given adapters; repeat [q_proj, v_proj]."
+        None,
+        "--target-modules",
+        help="Modules given adapters, repeated or comma-separated (default: q_proj,v_proj).",
     ),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Examples per step [4]."),
-    max_length: int | None = typer.Option(None, "--max-length", help="Tokens per example [256]."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Examples per step (default: 4)."
+    ),
+    max_length: int | None = typer.Option(
+        None, "--max-length", help="Tokens per example (default: 256)."
+    ),
     save_every: int | None = typer.Option(
-        None, "--save-every", help="Save a checkpoint every N steps [50]."
+        None, "--save-every", help="Save a checkpoint every N steps (default: 50)."
     ),
-    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or mps [auto]."),
+    device: str | None = typer.Option(
+        None, "--device", help="auto, cpu, cuda or mps (default: auto)."
+    ),
     experiment: str = typer.Option(
         "orchestrate-finetune", "--experiment", help="MLflow experiment name."
     ),
@@ -70,7 +80,7 @@ def finetune(
         "learning_rate": learning_rate,
         "lora_r": lora_r,
         "lora_alpha": lora_alpha,
-        "target_modules": tuple(target_modules) if target_modules else None,
+        "target_modules": _modules(target_modules),
         "batch_size": batch_size,
         "max_length": max_length,
         "save_every": save_every,
@@ -84,8 +94,12 @@ def finetune(
         base=base,
         overrides=overrides,
     )
-    with err_console.status("Reading the data and the base model…"):
-        plan = plan_finetune(request, settings)
+    try:
+        with err_console.status("Reading the data and the base model…"):
+            plan = plan_finetune(request, settings)
+    except KeyboardInterrupt:
+        err_console.print("interrupted before training started")
+        raise typer.Exit(130) from None
     _print_warnings(plan.warnings)
     _train(request, plan, settings)
 
@@ -98,6 +112,11 @@ def _train(request: FinetuneRequest, plan: FinetunePlan, settings: Settings) -> 
     with _stop_on_signals(stop), progress:
         outcome = run_finetune(request, plan, settings, observer=progress, stop=stop)
     _print_summary(outcome)
+
+
+def _modules(values: list[str] | None) -> tuple[str, ...] | None:
+    names = [name.strip() for value in values or [] for name in value.split(",")]
+    return tuple(name for name in names if name) or None
 
 
 def _print_warnings(warnings: list[str]) -> None:
