@@ -284,7 +284,7 @@ class _Loop:
                 folder = self.save(output, step, dataset_sha256, tracking_run_id)
                 raise TaskCancelledError(
                     f"interrupted after step {step}; checkpoint in {folder}; "
-                    f"continue with --resume --output {output}"
+                    f"run the same command with --resume to continue"
                 )
             if step % self.config.save_every == 0 and step < self.config.steps:
                 self.save(output, step, dataset_sha256, tracking_run_id)
