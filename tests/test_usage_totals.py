@@ -246,8 +246,8 @@ def test_show_adds_cost_and_fallback_columns_when_there_are_any(flaky_run: RunFo
     output = show(flaky_run)
 
     by_agent, by_model = table(output, "By agent"), table(output, "By model")
-    assert by_agent["critic"]["cost"] == "0.0125"
-    assert by_agent["qa"]["cost"] == "0.0000"
+    assert by_agent["critic"]["cost"] == "0.0125 USD"  # the run records its currency
+    assert by_agent["qa"]["cost"] == "0.0000 USD"
     assert "fallbacks" not in by_agent["critic"]
     assert by_model["paid-model"]["fallbacks"] == "1"
     assert by_model["paid-model"]["tok/s"] == "25.0"
