@@ -159,6 +159,18 @@ def test_the_adapter_and_checkpoints_are_saved(trained: Trained) -> None:
     assert steps == ["step-00000004", "step-00000008"]
 
 
+def test_the_lease_wait_reaches_the_host_metrics(trained: Trained) -> None:
+    from orchestrate.observe.exposition import HostCollector
+
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in HostCollector(trained.home / "metrics").collect()
+        for sample in family.samples
+    }
+    key = ("orchestrate_gpu_lease_wait_seconds_count", (("device", "cpu"),))
+    assert samples[key] >= 1  # `metrics serve` sees fine-tunes as well as builds
+
+
 def test_a_build_with_the_adapter_loads_it(trained: Trained, base_folder: Path) -> None:
     from orchestrate.llm.backend import CompletionRequest, create_backend
 

@@ -21,6 +21,7 @@ from orchestrate.finetune.training import TrainingConfig, TrainingObserver, Trai
 if TYPE_CHECKING:
     import threading
 
+    from orchestrate.safety.gpu import GpuLeaseManager
     from orchestrate.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def run_finetune(
             plan.config,
             plan.dataset,
             request.output,
-            leases=GpuLeaseManager.from_settings(settings),
+            leases=_timed_leases(GpuLeaseManager.from_settings(settings), settings),
             metrics=tracker,
             observer=observer,
             stop=stop,
@@ -215,3 +216,12 @@ def _summary_metrics(result: TrainingResult) -> dict[str, float]:
         metrics["eval_loss_before"] = result.eval_loss_before
     metrics["eval_loss_after"] = result.eval_loss_after
     return metrics
+
+
+def _timed_leases(leases: GpuLeaseManager, settings: Settings) -> GpuLeaseManager:
+    """Report the wait for the device to `orchestrate metrics serve`, like a build does."""
+    from orchestrate.observe.metrics import metrics_directory, metrics_for
+
+    wait = metrics_for(metrics_directory(settings.home)).gpu_lease_wait
+    leases.on_granted = lambda device, seconds: wait.labels(device).observe(seconds)
+    return leases
