@@ -65,6 +65,7 @@ bench: install
 	$(BIN)/python bench/safety_leases.py
 	$(BIN)/python bench/safety_overhead.py
 	$(BIN)/python bench/llm_overhead.py
+	$(BIN)/python bench/finetune.py
 
 clean:
 	rm -rf $(VENV) runs $(DEMO_OUT) .mypy_cache .ruff_cache .pytest_cache
