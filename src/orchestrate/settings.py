@@ -49,6 +49,15 @@ class Settings(BaseSettings):
     embedded_adapter: Path | None = Field(
         None, description="A LoRA adapter folder (orchestrate finetune) for embedded models."
     )
+    embedded_engine: Literal["auto", "transformers", "llama"] = Field(
+        "auto", description="auto: llama.cpp for GGUF files when llama-cpp-python is installed."
+    )
+    embedded_precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
+        "auto", description="Embedded weights; auto: int8 Linear layers on CPU, bf16 on GPU."
+    )
+    embedded_batch: int = Field(
+        4, ge=1, le=32, description="Most embedded requests decoded together (1: one at a time)."
+    )
     max_tokens: int = Field(512, ge=1, le=32768, description="Most tokens one answer may have.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"

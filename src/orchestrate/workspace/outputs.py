@@ -48,7 +48,9 @@ class OutputWriter:
 
     def write_answer(self, task: str, answer: str, output_file: str | None) -> list[str]:
         """Stage the files an answer carries, merge the task's area; return merged paths."""
-        parsed = parse_file_blocks(answer)
+        # A task that answers in files gets its bare code blocks named; a document's
+        # code samples stay in the document.
+        parsed = parse_file_blocks(answer, repair=not output_file)
         blocks = [(block.path, block.content) for block in parsed.blocks]
         if output_file and answer.strip() and output_file not in {path for path, _ in blocks}:
             blocks.append((output_file, answer.strip() + "\n"))

@@ -1,0 +1,342 @@
+"""The embedded model's speed and the parseability of its code answers, in one run.
+
+Prints, from one run on this machine:
+
+1. load time: cold (GGUF -> safetensors conversion in a fresh folder, then load) and
+   warm (from the converted copy), both with our default precision;
+2. single-stream tokens/s: ours (the batching engine, default precision: int8 Linear
+   layers on a CPU) against the fp32 baseline path (transformers ``generate``, what
+   the backend did before), interleaved round by round so noise hits both alike; and
+   whether our decoding loop in fp32 reproduces ``generate``'s greedy tokens exactly;
+3. int8 quality against fp32: teacher-forced top-1 agreement and perplexity on fp32's
+   own greedy continuations (int8 changes numerics, so equality is not expected);
+4. aggregate tokens/s of 3 concurrent requests divided by the single-stream figure, and
+   whether fp32 batched answers equal their unbatched ones;
+5. llama.cpp tokens/s when llama-cpp-python is installed (else says it is not);
+6. over N builds of the bundled example specs (design and implement tasks only, to
+   keep it practical; sampled at temperature 0.7 with the cache off, because greedy
+   builds of one spec are all the same), the share whose implement (fullstack) answer
+   yields at least one file, with the repair pass and without it.
+
+Usage: python bench/embedded.py [--quick] [--builds 20] [--tokens 128]
+Targets: single >= 30 tokens/s; 3-concurrent / single >= 2.0; builds with a file >= 90%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrate.llm.backend import CompletionRequest
+from orchestrate.llm.embedded import (
+    REPETITION_PENALTY,
+    EngineOptions,
+    LoadedModel,
+    llama_cpp_installed,
+    locate_embedded_model,
+    model_folder,
+    quiet_transformers,
+    resolve_precision,
+)
+from orchestrate.workspace.blocks import parse_file_blocks
+
+ROOT = Path(__file__).resolve().parent.parent
+SINGLE_PROMPT = (
+    "Write a Python module for a command-line todo list: add, list and remove items "
+    "stored in a JSON file. Explain each function."
+)
+CONCURRENT_PROMPTS = [
+    SINGLE_PROMPT,
+    "Write a Flask API for notes with create, read, update and delete endpoints.",
+    "Explain how to design a small REST service, step by step, with examples.",
+]
+QUALITY_PROMPTS = CONCURRENT_PROMPTS
+
+
+def messages(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def timed(function: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - started
+
+
+def load_times(home: Path, options: EngineOptions) -> tuple[float, float, LoadedModel]:
+    source = locate_embedded_model("smollm2-135m", override=None)
+    cold_dir = home / "cold-models"
+    _, cold = timed(lambda: LoadedModel._load(source, cold_dir, None, options))
+    model, warm = timed(lambda: LoadedModel._load(source, cold_dir, None, options))
+    return cold, warm, model
+
+
+def baseline_generate(model: Any, tokenizer: Any, text: str, tokens: int) -> list[int]:
+    """The previous path: transformers generate, fp32, greedy, the same penalty."""
+    import torch
+
+    inputs = tokenizer.apply_chat_template(
+        messages(text), add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    with torch.inference_mode():
+        output = model.generate(
+            **inputs,
+            max_new_tokens=tokens,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            repetition_penalty=REPETITION_PENALTY,
+            pad_token_id=tokenizer.eos_token_id,
+        )
+    return [int(t) for t in output[0][inputs["input_ids"].shape[1] :]]
+
+
+def ours(model: LoadedModel, text: str, tokens: int) -> tuple[str, int]:
+    completion = model.generate(CompletionRequest(messages(text), "bench", tokens))
+    return completion.text, completion.completion_tokens
+
+
+def engine_tokens(model: LoadedModel, text: str, tokens: int) -> list[int]:
+    from orchestrate.llm.batching import GenerationJob
+
+    prompt = [int(t) for t in model._encode(messages(text))["input_ids"][0]]
+    return model.batcher().run(GenerationJob(prompt, tokens))
+
+
+def quality(fp32: Any, int8: Any, tokenizer: Any, continuations: list[list[int]]) -> str:
+    """Teacher-forced top-1 agreement and perplexity of int8 on fp32's own answers."""
+    import torch
+
+    agree = total = 0
+    nll = {"fp32": 0.0, "int8": 0.0}
+    for text, continuation in zip(QUALITY_PROMPTS, continuations, strict=True):
+        prompt = tokenizer.apply_chat_template(
+            messages(text), add_generation_prompt=True, return_dict=True
+        )["input_ids"]
+        ids = torch.tensor([list(prompt) + continuation])
+        start = len(prompt) - 1
+        with torch.inference_mode():
+            logits = {
+                n: m(input_ids=ids).logits[0, start:-1].float()
+                for n, m in (("fp32", fp32), ("int8", int8))
+            }
+        target = ids[0, start + 1 :]
+        agree += int((logits["fp32"].argmax(-1) == logits["int8"].argmax(-1)).sum())
+        total += len(target)
+        for name, values in logits.items():
+            nll[name] += float(torch.nn.functional.cross_entropy(values, target, reduction="sum"))
+    ppl = {name: float(torch.exp(torch.tensor(value / total))) for name, value in nll.items()}
+    return (
+        f"top-1 agreement {agree / total:.1%} over {total} tokens; perplexity of fp32's "
+        f"answers: fp32 {ppl['fp32']:.3f}, int8 {ppl['int8']:.3f}"
+    )
+
+
+def concurrent(model: LoadedModel, tokens: int) -> tuple[float, list[int]]:
+    results: list[tuple[str, int]] = [("", 0)] * len(CONCURRENT_PROMPTS)
+
+    def work(index: int) -> None:
+        results[index] = ours(model, CONCURRENT_PROMPTS[index], tokens)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(CONCURRENT_PROMPTS))]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    counts = [count for _, count in results]
+    return sum(counts) / elapsed, counts
+
+
+def batched_equals_unbatched(model: LoadedModel, tokens: int) -> bool:
+    alone = [engine_tokens(model, text, tokens) for text in CONCURRENT_PROMPTS]
+    together: list[list[int]] = [[] for _ in CONCURRENT_PROMPTS]
+
+    def work(index: int) -> None:
+        together[index] = engine_tokens(model, CONCURRENT_PROMPTS[index], tokens)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(CONCURRENT_PROMPTS))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return alone == together
+
+
+def llama_figure(tokens: int) -> str:
+    if not llama_cpp_installed():
+        return "llama.cpp: not installed (pip install 'unified-orchestrator[llama]' compiles it)"
+    from orchestrate.llm.llamacpp_backend import LlamaCppModel
+
+    source = locate_embedded_model("smollm2-135m", override=None)
+    model = LlamaCppModel.load(source.path, 8192)
+    model.generate(CompletionRequest(messages("Hello"), "bench", 8))
+    completion, elapsed = timed(
+        lambda: model.generate(CompletionRequest(messages(SINGLE_PROMPT), "bench", tokens))
+    )
+    rate = completion.completion_tokens / elapsed
+    return f"llama.cpp: {rate:.1f} tokens/s single-stream (load {model.load_seconds:.2f} s)"
+
+
+def builds(home: Path, count: int, max_tokens: int) -> tuple[int, int, int]:
+    """Run design+implement builds; count implement answers with a file (repair, strict)."""
+    from typer.testing import CliRunner
+
+    from orchestrate.cli.app import app
+
+    crew = yaml.safe_load((ROOT / "config" / "crew.yaml").read_text())
+    crew["tasks"] = {name: crew["tasks"][name] for name in ("design", "implement")}
+    crew_file = home / "crew-design-implement.yaml"
+    crew_file.write_text(yaml.safe_dump(crew))
+    specs = sorted((ROOT / "examples" / "specs").iterdir())
+    runs_dir = home / "runs"
+    os.environ.update(
+        ORCHESTRATE_HOME=str(home),
+        ORCHESTRATE_RUNS_DIR=str(runs_dir),
+        ORCHESTRATE_TEMPERATURE="0.7",
+        ORCHESTRATE_MEMORY="false",
+    )
+    repaired = strict = succeeded = 0
+    for number in range(count):
+        spec = specs[number % len(specs)]
+        result = CliRunner().invoke(
+            app,
+            [
+                "build",
+                str(spec),
+                "--crew",
+                str(crew_file),
+                "--max-tokens",
+                str(max_tokens),
+                "--no-cache",
+                "--json",
+            ],
+        )
+        try:
+            payload = json.loads(result.stdout)
+        except ValueError:
+            print(f"  build {number + 1}: no JSON ({result.exit_code})", file=sys.stderr)
+            continue
+        succeeded += payload.get("status") == "succeeded"
+        answers = sorted(runs_dir.glob("*/tasks/implement.md"), key=lambda p: p.stat().st_mtime)
+        answer = answers[-1].read_text() if answers else ""
+        with_repair = len(parse_file_blocks(answer, repair=True).blocks)
+        without = len(parse_file_blocks(answer).blocks)
+        repaired += with_repair > 0
+        strict += without > 0
+        print(
+            f"  build {number + 1:2d} {spec.name}: {with_repair} file(s), {without} strict",
+            flush=True,
+        )
+        for old in answers:
+            old.unlink()
+    return succeeded, repaired, strict
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a fast smoke run")
+    parser.add_argument("--builds", type=int, default=None, help="builds to run (20)")
+    parser.add_argument("--tokens", type=int, default=None, help="tokens per answer (128)")
+    args = parser.parse_args()
+    tokens = args.tokens or (48 if args.quick else 128)
+    build_count = args.builds if args.builds is not None else (2 if args.quick else 20)
+    rounds = 1 if args.quick else 3
+    quiet_transformers()
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    default = EngineOptions()
+    precision = resolve_precision(default.precision, "cuda" if torch.cuda.is_available() else "cpu")
+    print(
+        f"embedded benchmark: SmolLM2-135M, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} cores, default precision {precision}, {tokens} tokens per answer"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        cold, warm, model = load_times(home, default)
+        print(
+            f"load: cold {cold:.1f} s (GGUF conversion + load), warm {warm:.2f} s "
+            f"(converted copy, {precision})"
+        )
+        source = locate_embedded_model("smollm2-135m", override=None)
+        folder = model_folder(source, home / "cold-models")
+        baseline = AutoModelForCausalLM.from_pretrained(folder).eval()  # type: ignore[no-untyped-call]
+        exact = LoadedModel._load(
+            source, home / "cold-models", None, EngineOptions(precision="fp32")
+        )
+        tokenizer = exact._tokenizer
+        baseline_generate(baseline, tokenizer, "Hello", 4)  # warm up both
+        ours(model, "Hello", 4)
+
+        base_rates, our_rates = [], []
+        for _ in range(rounds):
+            base, elapsed = timed(
+                lambda: baseline_generate(baseline, tokenizer, SINGLE_PROMPT, tokens)
+            )
+            base_rates.append(len(base) / elapsed)
+            (_, count), elapsed = timed(lambda: ours(model, SINGLE_PROMPT, tokens))
+            our_rates.append(count / elapsed)
+        base_rate, our_rate = statistics.median(base_rates), statistics.median(our_rates)
+        print(
+            f"single-stream: ours {our_rate:.1f} tokens/s, fp32 baseline (generate) "
+            f"{base_rate:.1f} tokens/s: {our_rate / base_rate:.2f}x (median of {rounds})"
+        )
+        same = all(
+            baseline_generate(baseline, tokenizer, text, tokens)
+            == engine_tokens(exact, text, tokens)
+            for text in QUALITY_PROMPTS
+        )
+        print(
+            f"our decoding loop in fp32 gives generate's greedy tokens: {'yes' if same else 'NO'}"
+        )
+        if precision == "int8":
+            continuations = [
+                baseline_generate(baseline, tokenizer, t, tokens) for t in QUALITY_PROMPTS
+            ]
+            print(
+                f"int8 quality vs fp32: {quality(baseline, model._model, tokenizer, continuations)}"
+            )
+
+        rates = []
+        for _ in range(rounds):
+            rate, counts = concurrent(model, tokens)
+            rates.append(rate)
+        aggregate = statistics.median(rates)
+        print(
+            f"3 concurrent requests: {aggregate:.1f} tokens/s in all ({counts} tokens), "
+            f"{aggregate / our_rate:.2f}x single-stream (widest batch "
+            f"{model.batcher().widest})"
+        )
+        print(
+            f"fp32 batched answers equal unbatched: "
+            f"{'yes' if batched_equals_unbatched(exact, tokens) else 'NO'}"
+        )
+        print(llama_figure(tokens))
+        if build_count:
+            max_tokens = 160 if args.quick else 320
+            print(f"builds (design + implement only, max {max_tokens} tokens, temperature 0.7):")
+            LoadedModel._instances.clear()
+            succeeded, repaired, strict = builds(home, build_count, max_tokens)
+            print(
+                f"implement answers with >= 1 parseable file: {repaired}/{build_count} "
+                f"({repaired / build_count:.0%}) with the repair pass, {strict}/{build_count} "
+                f"({strict / build_count:.0%}) strict; {succeeded} builds succeeded"
+            )
+
+
+if __name__ == "__main__":
+    main()

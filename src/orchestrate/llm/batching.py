@@ -1,0 +1,293 @@
+"""Continuous batching for the embedded model: concurrent requests share decoding steps.
+
+One scheduler thread owns the model. A request joins the running batch at the next
+step: its prompt is prefilled on its own (batch 1, no padding), then its KV cache is
+left-padded to the batch's length and stacked onto the batch's cache. Every step then
+decodes one token for every sequence in a single forward pass, with a 2-D attention
+mask hiding each row's padding and explicit position ids, so a padded row sees exactly
+what it would see alone. A sequence leaves the batch when it meets an end token, its
+own ``max_new`` or stop string, or its cancel event; its row is dropped from the cache
+and all-padding columns are trimmed, without disturbing the others.
+
+The decoding loop is our own rather than ``model.generate``: at batch 1 a 135M model
+on a CPU spends much of each step in per-call overhead, and generate's logits
+processors, stopping criteria and cache bookkeeping are a large part of it. Only what
+we use is here: greedy or temperature sampling with HF's top-k default, and HF's
+repetition penalty (the same formula over the prompt and the tokens so far).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrate.errors import TaskCancelledError
+
+logger = logging.getLogger(__name__)
+
+SAMPLING_TOP_K = 50  # transformers' default for do_sample
+LeaseFactory = Callable[[], contextlib.AbstractContextManager[Any]]
+
+
+@dataclass
+class GenerationJob:
+    """One prompt to complete; the scheduler fills in the result and sets ``done``."""
+
+    prompt_ids: list[int]
+    max_new: int
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ()
+    cancel: threading.Event = field(default_factory=threading.Event)
+    on_progress: Callable[[int], None] | None = None
+    lease: LeaseFactory | None = None  # device lease for the batch this job starts
+    generated: list[int] = field(default_factory=list)
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Row:
+    """A job in the running batch: its real length (cache columns it owns)."""
+
+    job: GenerationJob
+    length: int
+    next_token: int = -1
+
+
+class BatchingEngine:
+    """Decodes every waiting request together, one token per step per request."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        tokenizer_lock: threading.Lock,
+        repetition_penalty: float,
+        max_batch: int = 4,
+    ) -> None:
+        self._model = model
+        self._tokenizer = tokenizer
+        self._tokenizer_lock = tokenizer_lock
+        self._penalty = repetition_penalty
+        self.max_batch = max(1, max_batch)
+        self._eos = _eos_ids(model, tokenizer)
+        self._vocab = int(model.config.vocab_size)
+        self._device = getattr(model, "device", "cpu")
+        self._pending: list[GenerationJob] = []
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        # The running batch, touched by the scheduler thread only.
+        self._rows: list[_Row] = []
+        self._cache: Any = None
+        self._seen: Any = None  # [batch, vocab] bool: tokens the penalty applies to
+        self._lease: contextlib.ExitStack | None = None
+        self.steps = 0  # decoding steps run, for tests and benchmarks
+        self.widest = 0  # the most rows one step decoded
+
+    def run(self, job: GenerationJob) -> list[int]:
+        """Queue the job, wait for it, and return its new tokens (or raise its error)."""
+        if job.cancel.is_set():
+            raise TaskCancelledError("cancelled before generation started")
+        with self._wake:
+            self._pending.append(job)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name="embedded-batcher", daemon=True
+                )
+                self._thread.start()
+            self._wake.notify()
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        if job.cancel.is_set():
+            raise TaskCancelledError("cancelled during generation")
+        return job.generated
+
+    def _loop(self) -> None:
+        import torch
+
+        with torch.inference_mode():
+            while True:
+                with self._wake:
+                    while not self._pending and not self._rows:
+                        self._wake.wait()
+                    free = self.max_batch - len(self._rows)
+                    joining, self._pending = self._pending[:free], self._pending[free:]
+                try:
+                    for job in joining:
+                        self._admit(job)
+                    if self._rows:
+                        self._step()
+                except Exception as exc:  # the model failed: fail every job it holds
+                    logger.exception("the embedded batch failed")
+                    self._fail_all(exc, joining)
+
+    def _admit(self, job: GenerationJob) -> None:
+        """Prefill the job's prompt alone and stack its cache onto the batch."""
+        import torch
+        from transformers import DynamicCache
+
+        if job.cancel.is_set() or job.max_new <= 0:
+            job.done.set()
+            return
+        if not self._rows and job.lease is not None:
+            stack = contextlib.ExitStack()
+            stack.enter_context(job.lease())
+            self._lease = stack
+        ids = torch.tensor([job.prompt_ids], dtype=torch.long, device=self._device)
+        cache = DynamicCache()
+        output = self._model(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            position_ids=torch.arange(ids.shape[1], device=self._device).unsqueeze(0),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        seen = torch.zeros((1, self._vocab), dtype=torch.bool, device=self._device)
+        seen[0, ids[0]] = True
+        row = _Row(job, length=ids.shape[1])
+        self._merge(row, cache, seen)
+        token = self._choose(output.logits[:, -1, :], [row])[0]
+        self._advance([(row, token)])
+
+    def _merge(self, row: _Row, cache: Any, seen: Any) -> None:
+        import torch
+        import torch.nn.functional as functional
+
+        if not self._rows:
+            self._rows, self._cache, self._seen = [row], cache, seen
+            return
+        width = self._cache.get_seq_length()
+        mine = cache.get_seq_length()
+        for batch_layer, new_layer in zip(self._cache.layers, cache.layers, strict=True):
+            for name in ("keys", "values"):
+                old, new = getattr(batch_layer, name), getattr(new_layer, name)
+                if mine < width:
+                    new = functional.pad(new, (0, 0, width - mine, 0))
+                elif width < mine:
+                    old = functional.pad(old, (0, 0, mine - width, 0))
+                setattr(batch_layer, name, torch.cat([old, new], dim=0))
+        self._rows.append(row)
+        self._seen = torch.cat([self._seen, seen], dim=0)
+
+    def _step(self) -> None:
+        """Decode one token for every row."""
+        import torch
+
+        width = self._cache.get_seq_length()
+        mask = torch.zeros((len(self._rows), width + 1), dtype=torch.long, device=self._device)
+        for index, row in enumerate(self._rows):
+            mask[index, width - row.length :] = 1
+        output = self._model(
+            input_ids=self._column([row.next_token for row in self._rows]),
+            attention_mask=mask,
+            position_ids=self._column([row.length for row in self._rows]),
+            cache=self._cache,  # grown in place by one column
+            use_cache=True,
+        )
+        for row in self._rows:
+            row.length += 1
+        self.steps += 1
+        self.widest = max(self.widest, len(self._rows))
+        tokens = self._choose(output.logits[:, -1, :], self._rows)
+        self._advance(list(zip(self._rows, tokens, strict=True)))
+
+    def _column(self, values: list[int]) -> Any:
+        import torch
+
+        return torch.tensor(values, dtype=torch.long, device=self._device).unsqueeze(1)
+
+    def _choose(self, logits: Any, rows: list[_Row]) -> list[int]:
+        """The next token of each row: repetition penalty, then greedy or sampled."""
+        import torch
+
+        logits = logits.float()
+        seen = self._seen[-len(rows) :] if len(rows) < len(self._rows) else self._seen
+        if self._penalty != 1.0:
+            penalised = torch.where(logits > 0, logits / self._penalty, logits * self._penalty)
+            logits = torch.where(seen, penalised, logits)
+        chosen = logits.argmax(dim=-1)
+        for index, row in enumerate(rows):
+            if row.job.temperature > 0:
+                top = torch.topk(logits[index] / row.job.temperature, SAMPLING_TOP_K)
+                pick = torch.multinomial(torch.softmax(top.values, dim=-1), 1)
+                chosen[index] = top.indices[pick[0]]
+        return [int(token) for token in chosen]
+
+    def _advance(self, chosen: list[tuple[_Row, int]]) -> None:
+        """Record each row's new token and retire the rows that are finished."""
+        finished: list[int] = []
+        offset = len(self._rows) - len(chosen)
+        for index, (row, token) in enumerate(chosen, start=offset):
+            job = row.job
+            if job.cancel.is_set():
+                finished.append(index)
+                continue
+            if token in self._eos:
+                finished.append(index)
+                continue
+            job.generated.append(token)
+            row.next_token = token
+            self._seen[index, token] = True
+            if job.on_progress is not None:
+                job.on_progress(len(job.generated))
+            if len(job.generated) >= job.max_new or self._hit_stop(job):
+                finished.append(index)
+        if finished:
+            self._retire(finished)
+
+    def _hit_stop(self, job: GenerationJob) -> bool:
+        if not job.stop:
+            return False
+        with self._tokenizer_lock:
+            # The stop string ends within the last few tokens; decode a window, not all.
+            tail = self._tokenizer.decode(job.generated[-16:], skip_special_tokens=True)
+        return any(stop and stop in tail for stop in job.stop)
+
+    def _retire(self, indices: list[int]) -> None:
+        import torch
+
+        for index in indices:
+            self._rows[index].job.done.set()
+        keep = [i for i in range(len(self._rows)) if i not in set(indices)]
+        self._rows = [self._rows[i] for i in keep]
+        if not self._rows:
+            self._cache = self._seen = None
+            self._release_lease()
+            return
+        selected = torch.tensor(keep, dtype=torch.long, device=self._device)
+        trim = self._cache.get_seq_length() - max(row.length for row in self._rows)
+        for layer in self._cache.layers:
+            layer.keys = layer.keys[selected, :, trim:, :]
+            layer.values = layer.values[selected, :, trim:, :]
+        self._seen = self._seen[selected]
+
+    def _release_lease(self) -> None:
+        if self._lease is not None:
+            lease, self._lease = self._lease, None
+            lease.close()
+
+    def _fail_all(self, error: Exception, joining: list[GenerationJob]) -> None:
+        for job in [row.job for row in self._rows] + joining:
+            if not job.done.is_set():
+                job.error = error
+                job.done.set()
+        self._rows, self._cache, self._seen = [], None, None
+        self._release_lease()
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """Every token that ends an answer: the generation config's and the tokenizer's."""
+    ids: set[int] = set()
+    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list):
+            ids.update(v for v in value if isinstance(v, int))
+    return frozenset(ids)
