@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from filelock import FileLock, Timeout
 
@@ -43,6 +43,10 @@ from orchestrate.store.events import Event, EventLog, EventType, utc_now
 from orchestrate.store.history import DurationHistory, task_weights
 from orchestrate.store.runs import RunFolder, RunRecord, RunStatus, RunStore
 from orchestrate.workspace.outputs import OutputWriter
+
+if TYPE_CHECKING:
+    from orchestrate.memory.recall import RunMemory
+    from orchestrate.memory.store import Memory
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +76,9 @@ class BuildOptions:
     policy: TaskPolicy = field(default_factory=TaskPolicy)
     history_path: Path | None = None  # per-agent durations for priorities; None: none kept
     currency: str = "USD"  # of the budget, and so of every cost recorded
+    memory_dir: Path | None = None  # long-term memory to recall from and add to; None: none
+    memory_tokens: int = 1024  # most tokens of recalled memories per task
+    memory_top_k: int = 3  # most memories recalled per task
 
 
 @dataclass(frozen=True)
@@ -136,6 +143,7 @@ class BuildRun(ExecutionListener):
         self._restored: set[str] = set()  # tasks done by an earlier process of this run
         # A resumed run's makespan adds up its sessions, not the idle time between them.
         self._earlier_seconds = record.seconds or 0.0
+        self._memory = self._open_memory()
 
     @classmethod
     def start(
@@ -239,6 +247,9 @@ class BuildRun(ExecutionListener):
         name = attempt.task
         task = self.crew.tasks[name]
         context = self._context_for(name)
+        if self._memory is not None:
+            recalled = self._memory.context_for(name, task.agent)
+            context = "\n\n".join(part for part in (context, recalled) if part)
         inputs = self._task_inputs(name, context)
         usage = _AttemptUsage()
         if attempt.number == 1:  # like the response cache, a retry never replays
@@ -352,6 +363,34 @@ class BuildRun(ExecutionListener):
         )
         if self._history is not None and answer.usage.calls and not answer.usage.cached:
             self._history.record(task.agent, self.record.model, answer.seconds)
+        if self._memory is not None:
+            self._memory.remember(name, task.agent, record.role, answer.text)
+
+    def _open_memory(self) -> RunMemory | None:
+        if self.options.memory_dir is None:
+            return None
+        from orchestrate.memory.recall import RunMemory
+
+        return RunMemory(
+            self.options.memory_dir,
+            run_id=self.run_id,
+            spec_title=self.record.spec_title,
+            spec_text=self.record.spec_text,
+            token_budget=self.options.memory_tokens,
+            top_k=self.options.memory_top_k,
+            on_recalled=self._on_recalled,
+        )
+
+    def _on_recalled(self, task: str, memories: list[Memory], tokens: int) -> None:
+        """Record which memories a task was given (their ids and runs, not their text)."""
+        self.events.emit(
+            EventType.MEMORY_RECALLED,
+            task=task,
+            ids=[memory.id for memory in memories],
+            runs=sorted({memory.run for memory in memories}),
+            approved=sum(memory.approved for memory in memories),
+            tokens=tokens,
+        )
 
     def _context_for(self, name: str) -> str:
         sections = []
@@ -471,6 +510,8 @@ class BuildRun(ExecutionListener):
             if self.options.out_dir is not None and record.files:
                 record.out_dir = str(self.outputs.copy_to(self.options.out_dir))
             self.folder.save(record)
+        if self._memory is not None:
+            self._memory.finish(record.verdict)
         self.events.emit(
             EventType.RUN_FINISHED,
             status=record.status.value,

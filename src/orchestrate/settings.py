@@ -181,6 +181,17 @@ class Settings(BaseSettings):
         None, description="Pushgateway URL that receives a build's metrics when it ends."
     )
 
+    # Long-term memory.
+    memory: bool = Field(
+        True, description="Recall earlier runs' answers into each task's context; remember these."
+    )
+    memory_tokens: int = Field(
+        1024, ge=0, le=1_000_000, description="Most tokens of recalled memories per task."
+    )
+    memory_top_k: int = Field(
+        3, ge=1, le=50, description="Most memories recalled into one task's context."
+    )
+
     # Fine-tuning.
     mlflow_tracking_uri: str | None = Field(
         None,
@@ -262,6 +273,11 @@ class Settings(BaseSettings):
         return RetryPolicy(
             self.llm_retry_max_attempts, self.llm_retry_base_seconds, self.llm_retry_cap_seconds
         )
+
+    @property
+    def memory_dir(self) -> Path:
+        """Long-term memory: earlier tasks' answers, shared by every run on the machine."""
+        return self.home / "memory"
 
     @property
     def locks_dir(self) -> Path:

@@ -20,6 +20,7 @@ from orchestrate.cli import (
     runs_cmd,
 )
 from orchestrate.cli.cache_cmd import cache_app
+from orchestrate.cli.memory_cmd import memory_app
 from orchestrate.cli.metrics_cmd import metrics_app
 
 app = typer.Typer(
@@ -56,6 +57,7 @@ app.command("graph")(graph_cmd.graph)
 app.command("doctor")(doctor_cmd.doctor)
 app.command("models")(models_cmd.models)
 app.add_typer(cache_app, name="cache")
+app.add_typer(memory_app, name="memory")
 app.command("budget")(budget_cmd.budget)
 app.command("gpu")(gpu_cmd.gpu)
 app.add_typer(metrics_app, name="metrics")

@@ -62,6 +62,9 @@ def build(
     no_cache: bool = typer.Option(
         False, "--no-cache", help="Ask the model every time; ignore the response cache."
     ),
+    no_memory: bool = typer.Option(
+        False, "--no-memory", help="Neither recall earlier runs' work nor remember this run's."
+    ),
     resume: str | None = typer.Option(
         None, "--resume", metavar="RUN_ID", help="Finish an interrupted run instead."
     ),
@@ -96,7 +99,7 @@ def build(
                 "--resume continues a run with its own spec and crew; drop SPEC and --crew"
             )
         exits = _Exits(metrics_port, pushgateway, json_output)
-        _resume(resume, model, workers, out, fail_fast, no_cache, exits, adapter)
+        _resume(resume, model, workers, out, fail_fast, no_cache, exits, adapter, no_memory)
         return
     if spec is None:
         raise UserInputError("give a SPEC (text or a file), or --resume RUN_ID")
@@ -125,7 +128,7 @@ def build(
         )
         from orchestrate.build import BuildRun
 
-        options = _options(settings, out, fail_fast)
+        options = _options(settings, out, fail_fast, no_memory=no_memory)
         view = _progress_view(loaded_crew.config.tasks, quiet=json_output)
         run = BuildRun.start(the_spec, loaded_crew, models, options, observer=view, guards=guards)
         _execute(run, view, json_output, telemetry, models.models)
@@ -144,6 +147,9 @@ def resume(
     ),
     no_cache: bool = typer.Option(
         False, "--no-cache", help="Ask the model every time; ignore the response cache."
+    ),
+    no_memory: bool = typer.Option(
+        False, "--no-memory", help="Neither recall earlier runs' work nor remember this run's."
     ),
     metrics_port: int | None = typer.Option(
         None,
@@ -167,6 +173,7 @@ def resume(
         fail_fast,
         no_cache,
         _Exits(metrics_port, pushgateway, json_output),
+        no_memory=no_memory,
     )
 
 
@@ -188,6 +195,7 @@ def _resume(
     no_cache: bool,
     exits: _Exits,
     adapter: Path | None = None,
+    no_memory: bool = False,
 ) -> None:
     from orchestrate.settings import load_settings
     from orchestrate.store.runs import RunStatus, RunStore
@@ -218,7 +226,7 @@ def _resume(
         from orchestrate.build import BuildRun
 
         view = _progress_view(crew.tasks, quiet=exits.json_output)
-        options = _options(settings, out, fail_fast)
+        options = _options(settings, out, fail_fast, no_memory=no_memory)
         run = BuildRun.resume(folder, models, options, observer=view, guards=guards)
         _execute(run, view, exits.json_output, telemetry, models.models)
 
@@ -306,7 +314,9 @@ def _prepare_models(
     return router, guards
 
 
-def _options(settings: Settings, out: Path | None, fail_fast: bool) -> BuildOptions:
+def _options(
+    settings: Settings, out: Path | None, fail_fast: bool, *, no_memory: bool = False
+) -> BuildOptions:
     from orchestrate.build import BuildOptions
 
     return BuildOptions(
@@ -320,6 +330,9 @@ def _options(settings: Settings, out: Path | None, fail_fast: bool) -> BuildOpti
         policy=settings.task_policy(),
         history_path=settings.history_path,
         currency=settings.currency,
+        memory_dir=settings.memory_dir if settings.memory and not no_memory else None,
+        memory_tokens=settings.memory_tokens,
+        memory_top_k=settings.memory_top_k,
     )
 
 

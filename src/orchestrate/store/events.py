@@ -31,6 +31,7 @@ class EventType(StrEnum):
     FILE_CONFLICT = "file_conflict"  # path, winner, loser: two tasks wrote it, the later won
     SECRET_FOUND = "secret_found"  # task, path, action (redacted/refused), findings: kind+line
     BLOCK_PROBLEM = "block_problem"  # task, line, reason: a file block we could not read
+    MEMORY_RECALLED = "memory_recalled"  # task, ids, runs, approved, tokens: earlier work given
     ERROR = "error"  # task (if any), message
     RUN_FINISHED = "run_finished"  # status, seconds, files, tokens
 

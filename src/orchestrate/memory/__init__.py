@@ -1,0 +1,1 @@
+"""Long-term memory: what earlier runs' agents produced, recalled by later runs."""
