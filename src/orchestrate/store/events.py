@@ -110,6 +110,9 @@ def follow_events(
                 pending = ""
                 continue
             if not still_running():
+                # The run may have written its last events between our last read and
+                # this check (its status is saved before run_finished is logged).
+                yield from _complete_events((pending + stream.read()).splitlines(keepends=True))
                 return
             time.sleep(poll_seconds)
 
