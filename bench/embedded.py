@@ -115,32 +115,51 @@ def engine_tokens(model: LoadedModel, text: str, tokens: int) -> list[int]:
     return model.batcher().run(GenerationJob(prompt, tokens))
 
 
+def decode_logits(model: Any, prompt: list[int], continuation: list[int]) -> Any:
+    """The logits before each token of ``continuation``, decoded as generation does."""
+    import torch
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    rows = []
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([prompt]), cache=cache, logits_to_keep=1)
+        rows.append(out.logits[0, -1])
+        for token in continuation[:-1]:
+            out = model(input_ids=torch.tensor([[token]]), cache=cache)
+            rows.append(out.logits[0, -1])
+    return torch.stack(rows).float()
+
+
 def quality(fp32: Any, int8: Any, tokenizer: Any, continuations: list[list[int]]) -> str:
-    """Teacher-forced top-1 agreement and perplexity of int8 on fp32's own answers."""
+    """Top-1 agreement and perplexity of int8 on fp32's own greedy answers.
+
+    Teacher-forced, but decoded token by token with a KV cache as generation runs
+    (the prompt prefilled at once), so the activation scales are those of real use.
+    """
     import torch
 
     agree = total = 0
     nll = {"fp32": 0.0, "int8": 0.0}
     for text, continuation in zip(QUALITY_PROMPTS, continuations, strict=True):
-        prompt = tokenizer.apply_chat_template(
-            messages(text), add_generation_prompt=True, return_dict=True
-        )["input_ids"]
-        ids = torch.tensor([list(prompt) + continuation])
-        start = len(prompt) - 1
-        with torch.inference_mode():
-            logits = {
-                n: m(input_ids=ids).logits[0, start:-1].float()
-                for n, m in (("fp32", fp32), ("int8", int8))
-            }
-        target = ids[0, start + 1 :]
+        prompt = list(
+            tokenizer.apply_chat_template(
+                messages(text), add_generation_prompt=True, return_dict=True
+            )["input_ids"]
+        )
+        target = torch.tensor(continuation)
+        logits = {
+            "fp32": decode_logits(fp32, prompt, continuation),
+            "int8": decode_logits(int8, prompt, continuation),
+        }
         agree += int((logits["fp32"].argmax(-1) == logits["int8"].argmax(-1)).sum())
-        total += len(target)
+        total += len(continuation)
         for name, values in logits.items():
             nll[name] += float(torch.nn.functional.cross_entropy(values, target, reduction="sum"))
     ppl = {name: float(torch.exp(torch.tensor(value / total))) for name, value in nll.items()}
     return (
-        f"top-1 agreement {agree / total:.1%} over {total} tokens; perplexity of fp32's "
-        f"answers: fp32 {ppl['fp32']:.3f}, int8 {ppl['int8']:.3f}"
+        f"top-1 agreement with fp32 {agree / total:.1%} over {total} tokens; perplexity of "
+        f"fp32's greedy answers: fp32 {ppl['fp32']:.2f}, int8 {ppl['int8']:.2f}"
     )
 
 
@@ -191,8 +210,22 @@ def llama_figure(tokens: int) -> str:
     return f"llama.cpp: {rate:.1f} tokens/s single-stream (load {model.load_seconds:.2f} s)"
 
 
-def builds(home: Path, count: int, max_tokens: int) -> tuple[int, int, int]:
-    """Run design+implement builds; count implement answers with a file (repair, strict)."""
+def valid_python(blocks: list[Any]) -> bool:
+    """At least one .py file, and every .py file compiles: is the code code at all?"""
+    import ast
+
+    sources = [block.content for block in blocks if block.path.endswith(".py")]
+    try:
+        for source in sources:
+            ast.parse(source)
+    except (SyntaxError, ValueError):
+        return False
+    return bool(sources)
+
+
+def builds(home: Path, count: int, max_tokens: int) -> tuple[int, int, int, int]:
+    """Run design+implement builds; count implement answers with a file (repair, strict)
+    and those whose Python files all compile."""
     from typer.testing import CliRunner
 
     from orchestrate.cli.app import app
@@ -209,7 +242,7 @@ def builds(home: Path, count: int, max_tokens: int) -> tuple[int, int, int]:
         ORCHESTRATE_TEMPERATURE="0.7",
         ORCHESTRATE_MEMORY="false",
     )
-    repaired = strict = succeeded = 0
+    repaired = strict = succeeded = compiles = 0
     for number in range(count):
         spec = specs[number % len(specs)]
         result = CliRunner().invoke(
@@ -233,17 +266,19 @@ def builds(home: Path, count: int, max_tokens: int) -> tuple[int, int, int]:
         succeeded += payload.get("status") == "succeeded"
         answers = sorted(runs_dir.glob("*/tasks/implement.md"), key=lambda p: p.stat().st_mtime)
         answer = answers[-1].read_text() if answers else ""
-        with_repair = len(parse_file_blocks(answer, repair=True).blocks)
+        blocks = parse_file_blocks(answer, repair=True).blocks
+        with_repair = len(blocks)
         without = len(parse_file_blocks(answer).blocks)
         repaired += with_repair > 0
         strict += without > 0
+        compiles += valid_python(blocks)
         print(
             f"  build {number + 1:2d} {spec.name}: {with_repair} file(s), {without} strict",
             flush=True,
         )
         for old in answers:
             old.unlink()
-    return succeeded, repaired, strict
+    return succeeded, repaired, strict, compiles
 
 
 def main() -> None:
@@ -327,14 +362,18 @@ def main() -> None:
         )
         print(llama_figure(tokens))
         if build_count:
-            max_tokens = 160 if args.quick else 320
+            max_tokens = 160 if args.quick else 200
             print(f"builds (design + implement only, max {max_tokens} tokens, temperature 0.7):")
             LoadedModel._instances.clear()
-            succeeded, repaired, strict = builds(home, build_count, max_tokens)
+            succeeded, repaired, strict, compiles = builds(home, build_count, max_tokens)
             print(
                 f"implement answers with >= 1 parseable file: {repaired}/{build_count} "
                 f"({repaired / build_count:.0%}) with the repair pass, {strict}/{build_count} "
                 f"({strict / build_count:.0%}) strict; {succeeded} builds succeeded"
+            )
+            print(
+                f"implement answers whose Python files all compile (ast.parse): "
+                f"{compiles}/{build_count} ({compiles / build_count:.0%})"
             )
 
 

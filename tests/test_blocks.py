@@ -177,3 +177,77 @@ def test_a_header_like_line_of_spaces_is_no_path():
 def test_a_line_too_long_to_hold_a_path_is_not_a_header():
     parsed = parse_file_blocks("FILE: " + "a" * 2000 + "\n```\nx\n```\n")
     assert parsed.blocks == []
+
+
+# The repair pass (repair=True), for tasks whose answer is files.
+
+
+def test_repair_names_a_bare_python_block_by_its_language():
+    parsed = parse_file_blocks("Here is the code:\n```python\nx = 1\n```\n", repair=True)
+    assert parsed.blocks == [FileBlock("main.py", "x = 1\n", 2, repaired=True)]
+    assert parse_file_blocks("```python\nx = 1\n```\n").blocks == []  # strict by default
+
+
+@pytest.mark.parametrize(
+    "before",
+    ["app/cli.py:", "**`app/cli.py`**", "### app/cli.py", "Save this as `app/cli.py`."],
+)
+def test_repair_takes_the_path_from_the_line_before(before):
+    parsed = parse_file_blocks(f"{before}\n```\nx = 1\n```\n", repair=True)
+    assert [(b.path, b.content) for b in parsed.blocks] == [("app/cli.py", "x = 1\n")]
+
+
+@pytest.mark.parametrize("comment", ["# app/cli.py", "// app/cli.py", "# File: app/cli.py"])
+def test_repair_takes_the_path_from_a_first_line_comment_and_drops_it(comment):
+    parsed = parse_file_blocks(f"```python\n{comment}\nx = 1\n```\n", repair=True)
+    assert [(b.path, b.content) for b in parsed.blocks] == [("app/cli.py", "x = 1\n")]
+
+
+def test_repair_numbers_repeated_default_names_and_keeps_headed_blocks():
+    answer = (
+        "FILE: main.py\n```python\na = 1\n```\n"
+        "```python\nb = 2\n```\n"
+        "```python\nc = 3\n```\n"
+        "```dockerfile\nFROM python:3.12\n```\n"
+    )
+    parsed = parse_file_blocks(answer, repair=True)
+    assert [(b.path, b.repaired) for b in parsed.blocks] == [
+        ("main.py", False),
+        ("main_2.py", True),
+        ("main_3.py", True),
+        ("Dockerfile", True),
+    ]
+
+
+def test_repair_leaves_blocks_without_a_name_or_known_language():
+    answer = "Run it:\n```\n$ python app.py\n```\n```text\noutput\n```\n"
+    assert parse_file_blocks(answer, repair=True).blocks == []
+
+
+def test_repair_does_not_take_version_numbers_or_abbreviations_for_paths():
+    answer = "Install python3.11, e.g. like this:\n```bash\npip install x\n```\n"
+    assert [b.path for b in parse_file_blocks(answer, repair=True).blocks] == ["run.sh"]
+
+
+def test_repair_keeps_a_headed_block_cut_off_at_the_end_and_still_reports_it():
+    parsed = parse_file_blocks("FILE: a.py\n```python\nx = 1\ny =", repair=True)
+    assert parsed.blocks == [FileBlock("a.py", "x = 1\ny =\n", 1, repaired=True)]
+    assert [p.path for p in parsed.problems] == ["a.py"]
+
+
+def test_repair_drops_a_cut_off_bare_block_with_only_a_default_name():
+    assert parse_file_blocks("```python\nx = 1", repair=True).blocks == []
+    named = parse_file_blocks("app.py:\n```python\nx = 1", repair=True)
+    assert [b.path for b in named.blocks] == ["app.py"]
+
+
+def test_repair_never_raises_on_garbage():
+    rng = random.Random(7)
+    pieces = [*PIECES, "```python", "x.py:", "# y.js", "FILE: c.py"]
+    for _ in range(2000):
+        answer = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
+        parsed = parse_file_blocks(answer, repair=True)
+        line_count = max(len(answer.splitlines()), 1)
+        for block in parsed.blocks:
+            assert block.path and block.path == block.path.strip()
+            assert 1 <= block.line <= line_count

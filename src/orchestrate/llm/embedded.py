@@ -234,6 +234,7 @@ class EmbeddedBackend:
         if self.engine == "llama":
             identity += ":llama.cpp"
         else:
+            identity += f":prefill{PREFILL_VERSION}"
             precision = resolve_precision(self.options.precision, default_device())
             if precision != "fp32":
                 identity += f":{precision}"
@@ -385,6 +386,10 @@ class LoadedModel:
         max_new = min(request.max_tokens, self._context_window // 2)
         messages = fit_messages(request.messages, self.count_tokens, self._context_window - max_new)
         prompt = [int(token) for token in self._encode(messages)["input_ids"][0]]
+        prefill = answer_prefill(messages)
+        if prefill:
+            with self._tokenizer_lock:
+                prompt += self._tokenizer.encode(prefill, add_special_tokens=False)
         job = GenerationJob(
             prompt_ids=prompt,
             max_new=max_new,
@@ -400,7 +405,7 @@ class LoadedModel:
             raise BackendError(f"the embedded model failed to generate: {exc}") from exc
         with self._tokenizer_lock:
             text = self._tokenizer.decode(tokens, skip_special_tokens=True)
-        return Completion(_cut_at_stop(text, request.stop), len(prompt), len(tokens))
+        return Completion(_cut_at_stop(prefill + text, request.stop), len(prompt), len(tokens))
 
     def batcher(self) -> BatchingEngine:
         with self._batcher_lock:
@@ -427,6 +432,38 @@ class LoadedModel:
             return self._tokenizer.apply_chat_template(
                 messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
             )
+
+
+# The expected output of the crew's file tasks (config/crew.yaml) says this; their
+# answers must be files, and small models rarely start one unprompted.
+FILE_TASK_MARKER = "one FILE block per file"
+PREFILL_VERSION = 1  # bump when the prefill changes, so cached answers are not reused
+_EXAMPLE_PATH = "src/app.py"  # the example in agents.FILE_BLOCK_INSTRUCTIONS
+_CONTEXT_HEADING = "This is the context you're working with"  # CrewAI's, before inputs
+_LANGUAGES = {".py": "python", ".js": "javascript", ".ts": "typescript", ".sh": "bash"}
+_LANGUAGES |= {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
+_LANGUAGES |= {".md": "markdown", ".html": "html", ".go": "go", ".rs": "rust"}
+
+
+def answer_prefill(messages: list[ChatMessage]) -> str:
+    """The start of a file task's answer: a FILE header and an open code fence.
+
+    Writing the answer's first line for the model (answer prefill) is what makes a
+    small model's code land in a file block at all; the path is the first file the
+    task's prompt names, else ``main.py``. Other tasks get no prefill.
+    """
+    from orchestrate.workspace.blocks import first_path
+
+    prompt = "\n".join(message["content"] for message in messages if message["role"] == "user")
+    if FILE_TASK_MARKER not in prompt:
+        return ""
+    # The task and spec come first; the inputs' outputs (CrewAI's context) are too noisy.
+    task_part = prompt.split(_CONTEXT_HEADING, 1)[0]
+    path = first_path(task_part.replace(_EXAMPLE_PATH, " ")) or "main.py"
+    language = _LANGUAGES.get(Path(path).suffix.lower(), "")
+    if Path(path).name in ("Dockerfile", "Makefile"):
+        language = Path(path).name.lower()
+    return f"FILE: {path}\n```{language}\n"
 
 
 def with_precision(model: Any, precision: str, device: str) -> Any:

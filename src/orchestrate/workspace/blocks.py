@@ -139,6 +139,14 @@ DEFAULT_NAMES = {
 }
 
 
+def first_path(text: str) -> str | None:
+    """The first relative file path a text mentions (``src/app.py``, ``Dockerfile``)."""
+    for match in _PATH_WORD.finditer(text.replace("`", " ").replace("*", " ")):
+        if not match.group(1).startswith("."):
+            return match.group(1)
+    return None
+
+
 def _unlabelled_blocks(lines: list[str], claimed: set[int], taken: set[str]) -> list[FileBlock]:
     """Name the fenced blocks no header claimed: from nearby text, a comment, or a default."""
     found: list[FileBlock] = []
