@@ -190,7 +190,9 @@ def tail(
     if not folder.events_path.exists():
         return
     if follow:
-        events = follow_events(folder.events_path, still_running=lambda: folder.load().is_live())
+        events = follow_events(
+            folder.events_path, still_running=lambda: folder.load().process_alive()
+        )
     else:
         events = read_events(folder.events_path)
     try:

@@ -164,9 +164,11 @@ class RunRecord(BaseModel):
             ) from exc
 
     def is_live(self) -> bool:
-        """True while the process that runs it is still alive."""
-        if self.status is not RunStatus.RUNNING:
-            return False
+        """True while the run is running and the process that runs it is still alive."""
+        return self.status is RunStatus.RUNNING and self.process_alive()
+
+    def process_alive(self) -> bool:
+        """True while the process that ran it last lives (it may be finishing up)."""
         try:
             process = psutil.Process(self.pid)
             started = datetime.fromtimestamp(process.create_time(), tz=self.started_at.tzinfo)
