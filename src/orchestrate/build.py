@@ -492,6 +492,9 @@ class BuildRun(ExecutionListener):
         self.folder.save(self.record)
 
     def _finish(self, status: RunStatus, seconds: float) -> None:
+        if self._memory is not None:  # before the run reads as finished to other processes
+            interrupted = status is RunStatus.INTERRUPTED  # then it must stop promptly
+            self._memory.finish(self._verdict(), wait_seconds=5.0 if interrupted else None)
         with self._lock:
             record = self.record
             record.status = status
@@ -510,8 +513,6 @@ class BuildRun(ExecutionListener):
             if self.options.out_dir is not None and record.files:
                 record.out_dir = str(self.outputs.copy_to(self.options.out_dir))
             self.folder.save(record)
-        if self._memory is not None:
-            self._memory.finish(record.verdict)
         self.events.emit(
             EventType.RUN_FINISHED,
             status=record.status.value,

@@ -55,6 +55,10 @@ class RunMemory:
         self._lock = threading.Lock()
         self._pending: queue.Queue[MemoryRecord | None] = queue.Queue()
         self._writer: threading.Thread | None = None
+        try:
+            self.store.open()  # here, on the thread that creates the run: see open()
+        except Exception as exc:
+            logger.warning("could not open the memory in %s: %s", folder, exc)
 
     def context_for(self, task: str, agent: str) -> str:
         """A context section of ``agent``'s most relevant earlier answers ('' if none)."""
@@ -94,14 +98,22 @@ class RunMemory:
         )
         self._pending.put(record)
 
-    def finish(self, verdict: str | None) -> None:
-        """Wait for queued answers to be stored, then record the run's verdict on them."""
+    def finish(self, verdict: str | None, *, wait_seconds: float | None = None) -> None:
+        """Wait for queued answers to be stored, then record the run's verdict on them.
+
+        With ``wait_seconds`` (an interrupted run) answers not stored by then are left to
+        the writer thread, which dies with the process: a resumed run re-runs nothing
+        that was checkpointed, so those answers are not remembered.
+        """
         with self._lock:
             writer, self._writer = self._writer, None
         if writer is None:
             return
         self._pending.put(None)
-        writer.join()
+        writer.join(wait_seconds)
+        if writer.is_alive():
+            logger.warning("memory: gave up waiting for answers still being stored")
+            return
         if verdict:
             try:
                 self.store.set_verdict(self.run_id, verdict)

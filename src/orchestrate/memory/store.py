@@ -110,6 +110,17 @@ class LongTermMemory:
         """Whether anything was ever stored here (checked without loading Chroma)."""
         return (self.folder / "chroma.sqlite3").exists()
 
+    def open(self) -> None:
+        """Load Chroma and open (or create) the collection now rather than at first use.
+
+        Call it from the main thread before installing signal handlers: a SIGTERM that
+        arrives while another thread loads Chroma's native bindings was measured to be
+        lost (the build never saw it).
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self._thread_lock, self._file_lock.acquire(timeout=LOCK_TIMEOUT_SECONDS):
+            self._open()
+
     def remember(self, records: Sequence[MemoryRecord]) -> None:
         """Store (or replace) each record's answer; entries keep no verdict until set."""
         if not records:
