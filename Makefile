@@ -66,6 +66,8 @@ bench: install
 	$(BIN)/python bench/safety_overhead.py
 	$(BIN)/python bench/llm_overhead.py
 	$(BIN)/python bench/finetune.py
+	$(BIN)/python bench/embedded.py --quick
+	$(BIN)/python bench/memory.py
 
 clean:
 	rm -rf $(VENV) runs $(DEMO_OUT) .mypy_cache .ruff_cache .pytest_cache
