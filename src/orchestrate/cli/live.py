@@ -186,6 +186,12 @@ def describe_event(event: dict[str, Any]) -> str:
             f"{stamp} {task}: {event.get('model')} call {event.get('attempt')} failed "
             f"({event.get('reason')}); retrying in {event.get('retry_in_seconds')}s"
         )
+    if kind == "memory_recalled":
+        runs = ", ".join(event.get("runs") or [])
+        return (
+            f"{stamp} {task}: recalled {len(event.get('ids') or [])} memories "
+            f"({event.get('approved')} approved, {event.get('tokens')} tokens) from {runs}"
+        )
     if kind == "circuit_changed":
         return f"{stamp} {event.get('model')}: circuit {event.get('state')} ({event.get('reason')})"
     if kind == "model_fallback":
