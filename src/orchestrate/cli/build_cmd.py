@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -23,9 +20,9 @@ from orchestrate.cli.common import (
     reports_errors,
     styled_state,
 )
+from orchestrate.cli.signals import stop_on_signals
 
 if TYPE_CHECKING:
-    import threading
     from collections.abc import Mapping
 
     from orchestrate.build import BuildOptions, BuildResult, BuildRun
@@ -350,7 +347,12 @@ def _execute(
             f"{run.options.workers} workers" + (f"; {done} tasks already done" if done else ""),
             highlight=False,
         )
-    with _cancel_on_signals(run.cancel, run.folder.path), view:
+    stopping = stop_on_signals(
+        run.cancel,
+        stopping="stopping: cancelling running tasks",
+        quitting=f"stopped; what was written is in {run.folder.path}",
+    )
+    with stopping, view:
         result = run.execute()
     if json_output:
         console.print_json(json.dumps(_result_json(result)))
@@ -382,25 +384,6 @@ class _Silent:
 
     def on_progress(self, task: str, tokens: int) -> None:
         """--json prints only the result."""
-
-
-@contextmanager
-def _cancel_on_signals(cancel: threading.Event, run_path: Path) -> Iterator[None]:
-    """First Ctrl-C or SIGTERM: cancel the run cleanly. Second: leave at once."""
-
-    def handle(number: int, frame: FrameType | None) -> None:
-        if cancel.is_set():
-            err_console.print(f"stopped; what was written is in {run_path}")
-            os._exit(130)  # threads may be stuck in a model call; do not wait for them
-        cancel.set()
-        err_console.print("stopping: cancelling running tasks (press Ctrl-C again to quit now)")
-
-    previous = {number: signal.signal(number, handle) for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
 
 
 def _result_json(result: BuildResult) -> dict[str, Any]:

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import typer
 
 from orchestrate.cli.common import configure_logging, console, err_console, reports_errors
+from orchestrate.cli.signals import stop_on_signals
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -109,7 +105,10 @@ def _train(request: FinetuneRequest, plan: FinetunePlan, settings: Settings) -> 
 
     stop = threading.Event()
     progress = _StepProgress(plan.config.steps)
-    with _stop_on_signals(stop), progress:
+    stopping = stop_on_signals(
+        stop, stopping="stopping after this step", quitting="stopped without saving"
+    )
+    with stopping, progress:
         outcome = run_finetune(request, plan, settings, observer=progress, stop=stop)
     _print_summary(outcome)
 
@@ -177,25 +176,6 @@ class _StepProgress:
                 f"step {report.step}/{self._total} loss {report.loss:.4f} ({report.seconds:.2f} s)",
                 highlight=False,
             )
-
-
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """First Ctrl-C or SIGTERM: finish the step, save a checkpoint, exit 130. Second: now."""
-
-    def handle(number: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            err_console.print("stopped without saving")
-            os._exit(130)
-        stop.set()
-        err_console.print("stopping after this step (press Ctrl-C again to quit now)")
-
-    previous = {number: signal.signal(number, handle) for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
 
 
 def _print_summary(outcome: FinetuneOutcome) -> None:
