@@ -6,6 +6,9 @@ or an event that never fires makes the task fail, and the test with it.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
@@ -203,6 +206,46 @@ def test_cancel_mid_run():
     assert outcome.reasons["c"] == "the run was interrupted before it started"
     assert outcome.cancelled is True
     assert outcome.failed == []
+
+
+# Run in a process of its own: the scheduler must be on the main thread to receive the
+# signal, and a regression would hang there rather than fail.
+_SLOW_SIGNAL_HANDLER = textwrap.dedent(
+    """
+    import os, signal, threading, time
+    from orchestrate.crew.graph import TaskGraph
+    from orchestrate.errors import TaskCancelledError
+    from orchestrate.scheduler.executor import DagExecutor
+
+    cancel, started = threading.Event(), threading.Event()
+
+    def slow_stop(number, frame):
+        time.sleep(0.5)  # far past the scheduler's poll: a busy machine printing a notice
+        cancel.set()
+
+    def run_task(attempt):
+        started.set()
+        if attempt.cancel.wait(60):
+            raise TaskCancelledError("told to stop")
+
+    signal.signal(signal.SIGUSR1, slow_stop)
+    def interrupt():
+        started.wait(60)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    threading.Thread(target=interrupt).start()
+    outcome = DagExecutor(TaskGraph({"a": []}), run_task, workers=1).run(cancel)
+    print(outcome.states["a"].value)
+    """
+)
+
+
+def test_a_signal_handler_slower_than_the_poll_still_stops_the_run():
+    finished = subprocess.run(
+        [sys.executable, "-c", _SLOW_SIGNAL_HANDLER], capture_output=True, text=True, timeout=30
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.strip() == "cancelled"
 
 
 def test_other_error_after_cancel_counts_as_cancelled():

@@ -145,8 +145,10 @@ class DagExecutor(Generic[Result]):
         self._tie = itertools.count()
         self._running: dict[str, _Running] = {}
         self._first_started: dict[str, float] = {}
-        self._results: queue.SimpleQueue[tuple[TaskAttempt, BaseException | None, Any]]
-        self._results = queue.SimpleQueue()
+        # Not a SimpleQueue: on CPython 3.11 its timed get() waits forever when a signal
+        # handler (Ctrl-C's) runs past the timeout, and the run would never see the stop.
+        self._results: queue.Queue[tuple[TaskAttempt, BaseException | None, Any]]
+        self._results = queue.Queue()
         self._stop_reason: str | None = None
         self._cancel = threading.Event()
         self._grace_deadline = 0.0
