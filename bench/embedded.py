@@ -4,12 +4,13 @@ Prints, from one run on this machine:
 
 1. load time: cold (GGUF -> safetensors conversion in a fresh folder, then load) and
    warm (from the converted copy), both with our default precision;
-2. single-stream tokens/s: ours (the batching engine, default precision: int8 Linear
-   layers on a CPU) against the fp32 baseline path (transformers ``generate``, what
-   the backend did before), interleaved round by round so noise hits both alike; and
-   whether our decoding loop in fp32 reproduces ``generate``'s greedy tokens exactly;
-3. int8 quality against fp32: teacher-forced top-1 agreement and perplexity on fp32's
-   own greedy continuations (int8 changes numerics, so equality is not expected);
+2. single-stream tokens/s: ours (the batching engine on our Llama decoder, default
+   precision: fp16 weights on an x86 CPU) against the fp32 baseline path (transformers
+   ``generate``, what the backend did before), interleaved round by round so noise hits
+   both alike; and whether our decoder in fp32 reproduces ``generate``'s greedy tokens;
+3. the default precision's quality against fp32: teacher-forced top-1 agreement and
+   perplexity on fp32's own greedy continuations (lower precision changes numerics, so
+   equality is not expected);
 4. aggregate tokens/s of 3 concurrent requests divided by the single-stream figure, and
    whether fp32 batched answers equal their unbatched ones;
 5. llama.cpp tokens/s when llama-cpp-python is installed (else says it is not);
@@ -25,6 +26,7 @@ Targets: single >= 30 tokens/s; 3-concurrent / single >= 2.0; builds with a file
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -39,6 +41,7 @@ from typing import Any
 import yaml
 
 from orchestrate.llm.backend import CompletionRequest
+from orchestrate.llm.decoder import Decoder, WeightPrecision, build_decoder
 from orchestrate.llm.embedded import (
     REPETITION_PENALTY,
     EngineOptions,
@@ -115,32 +118,33 @@ def engine_tokens(model: LoadedModel, text: str, tokens: int) -> list[int]:
     return model.batcher().run(GenerationJob(prompt, tokens))
 
 
-def decode_logits(model: Any, prompt: list[int], continuation: list[int]) -> Any:
+def decode_logits(decoder: Decoder, prompt: list[int], continuation: list[int]) -> Any:
     """The logits before each token of ``continuation``, decoded as generation does."""
     import torch
-    from transformers import DynamicCache
 
-    cache = DynamicCache()
-    rows = []
     with torch.inference_mode():
-        out = model(input_ids=torch.tensor([prompt]), cache=cache, logits_to_keep=1)
-        rows.append(out.logits[0, -1])
-        for token in continuation[:-1]:
-            out = model(input_ids=torch.tensor([[token]]), cache=cache)
-            rows.append(out.logits[0, -1])
+        rows = [decoder.prefill(prompt)]
+        rows += [decoder.step([token])[0] for token in continuation[:-1]]
+        decoder.keep([])
     return torch.stack(rows).float()
 
 
-def quality(fp32: Any, int8: Any, tokenizer: Any, continuations: list[list[int]]) -> str:
-    """Top-1 agreement and perplexity of int8 on fp32's own greedy answers.
+def quality(
+    baseline: Any, precision: WeightPrecision, tokenizer: Any, continuations: list[list[int]]
+) -> str:
+    """Top-1 agreement and perplexity of ``precision`` on fp32's own greedy answers.
 
     Teacher-forced, but decoded token by token with a KV cache as generation runs
-    (the prompt prefilled at once), so the activation scales are those of real use.
+    (the prompt prefilled at once), so the numerics are those of real use.
     """
     import torch
 
+    decoders = {
+        "fp32": build_decoder(copy.deepcopy(baseline), "fp32", max_rows=1),
+        precision: build_decoder(copy.deepcopy(baseline), precision, max_rows=1),
+    }
     agree = total = 0
-    nll = {"fp32": 0.0, "int8": 0.0}
+    nll = dict.fromkeys(decoders, 0.0)
     for text, continuation in zip(QUALITY_PROMPTS, continuations, strict=True):
         prompt = list(
             tokenizer.apply_chat_template(
@@ -149,17 +153,16 @@ def quality(fp32: Any, int8: Any, tokenizer: Any, continuations: list[list[int]]
         )
         target = torch.tensor(continuation)
         logits = {
-            "fp32": decode_logits(fp32, prompt, continuation),
-            "int8": decode_logits(int8, prompt, continuation),
+            name: decode_logits(decoder, prompt, continuation) for name, decoder in decoders.items()
         }
-        agree += int((logits["fp32"].argmax(-1) == logits["int8"].argmax(-1)).sum())
+        agree += int((logits["fp32"].argmax(-1) == logits[precision].argmax(-1)).sum())
         total += len(continuation)
         for name, values in logits.items():
             nll[name] += float(torch.nn.functional.cross_entropy(values, target, reduction="sum"))
     ppl = {name: float(torch.exp(torch.tensor(value / total))) for name, value in nll.items()}
     return (
         f"top-1 agreement with fp32 {agree / total:.1%} over {total} tokens; perplexity of "
-        f"fp32's greedy answers: fp32 {ppl['fp32']:.2f}, int8 {ppl['int8']:.2f}"
+        f"fp32's greedy answers: fp32 {ppl['fp32']:.2f}, {precision} {ppl[precision]:.2f}"
     )
 
 
@@ -338,13 +341,12 @@ def main() -> None:
         print(
             f"our decoding loop in fp32 gives generate's greedy tokens: {'yes' if same else 'NO'}"
         )
-        if precision == "int8":
+        if precision != "fp32":
             continuations = [
                 baseline_generate(baseline, tokenizer, t, tokens) for t in QUALITY_PROMPTS
             ]
-            print(
-                f"int8 quality vs fp32: {quality(baseline, model._model, tokenizer, continuations)}"
-            )
+            verdict = quality(baseline, precision, tokenizer, continuations)
+            print(f"{precision} quality vs fp32: {verdict}")
 
         rates = []
         for _ in range(rounds):

@@ -1,7 +1,8 @@
 """Tests for orchestrate.llm.batching: concurrent requests decoded together.
 
 A tiny random Llama (two layers, 64 wide) keeps these fast; its greedy answers are
-arbitrary but deterministic, which is all batching must preserve. One test at the end
+arbitrary but deterministic, which is all batching must preserve. Every engine test
+runs on both decoders: our Llama forward pass and transformers'. One test at the end
 runs the real embedded model (marker ``embedded``).
 """
 
@@ -16,6 +17,7 @@ import pytest
 
 from orchestrate.errors import TaskCancelledError
 from orchestrate.llm.batching import BatchingEngine, GenerationJob
+from orchestrate.llm.decoder import Decoder, LlamaDecoder, TransformersDecoder
 
 torch = pytest.importorskip("torch")
 EOS = 1000  # outside the vocabulary: answers run to max_new unless a test says
@@ -48,11 +50,25 @@ def tiny_model() -> Any:
     return LlamaForCausalLM(config).eval()
 
 
-@pytest.fixture
-def engine(tiny_model: Any) -> BatchingEngine:
+def make_decoder(kind: str, model: Any) -> Decoder:
+    if kind == "llama":
+        return LlamaDecoder(model, "fp32", max_rows=4)
+    return TransformersDecoder(model)
+
+
+def make_engine(decoder: Decoder, penalty: float = 1.1) -> BatchingEngine:
     return BatchingEngine(
-        tiny_model, CharTokenizer(), tokenizer_lock=threading.Lock(), repetition_penalty=1.1
+        decoder,
+        CharTokenizer(),
+        eos=frozenset({EOS}),
+        tokenizer_lock=threading.Lock(),
+        repetition_penalty=penalty,
     )
+
+
+@pytest.fixture(params=["llama", "transformers"])
+def engine(request: pytest.FixtureRequest, tiny_model: Any) -> BatchingEngine:
+    return make_engine(make_decoder(request.param, tiny_model))
 
 
 PROMPTS = [[5, 6, 7, 8, 9], [11, 12], [20, 21, 22, 23, 24, 25, 26, 27, 28]]
@@ -170,19 +186,16 @@ def test_a_request_cancelled_before_it_starts_raises(engine: BatchingEngine) -> 
 
 
 def test_the_end_token_finishes_a_request(tiny_model: Any) -> None:
-    engine = BatchingEngine(
-        tiny_model, CharTokenizer(), tokenizer_lock=threading.Lock(), repetition_penalty=1.0
-    )
+    engine = make_engine(LlamaDecoder(tiny_model, "fp32", max_rows=4), penalty=1.0)
     first = alone(engine, PROMPTS[0], 1)[0]
     engine._eos = frozenset({first})  # the first answer token now ends the answer
 
     assert alone(engine, PROMPTS[0], 8) == []
 
 
-def test_a_model_failure_fails_the_request_not_the_engine(tiny_model: Any) -> None:
-    engine = BatchingEngine(
-        tiny_model, CharTokenizer(), tokenizer_lock=threading.Lock(), repetition_penalty=1.1
-    )
+@pytest.mark.parametrize("kind", ["llama", "transformers"])
+def test_a_model_failure_fails_the_request_not_the_engine(tiny_model: Any, kind: str) -> None:
+    engine = make_engine(make_decoder(kind, tiny_model))
 
     with pytest.raises(IndexError):
         alone(engine, [500], 3)  # a token id outside the vocabulary

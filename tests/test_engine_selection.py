@@ -93,13 +93,15 @@ def test_the_engine_and_precision_are_part_of_the_cache_identity(
 
     monkeypatch.setattr(embedded, "default_device", lambda: "cpu")
     pretend_llama_cpp(monkeypatch, installed=False)
+    monkeypatch.setattr(embedded, "fp16_kernels_available", lambda: True)
     fp32 = backend(EngineOptions(precision="fp32")).identity
-    int8 = backend(EngineOptions()).identity
+    fp16 = backend(EngineOptions()).identity
+    int8 = backend(EngineOptions(precision="int8")).identity
     pretend_llama_cpp(monkeypatch, installed=True)
     llama = backend(EngineOptions()).identity
 
-    assert len({fp32, int8, llama}) == 3
-    assert int8.endswith(":int8") and llama.endswith(":llama.cpp")
+    assert len({fp32, fp16, int8, llama}) == 4
+    assert fp16.endswith(":fp16") and int8.endswith(":int8") and llama.endswith(":llama.cpp")
 
 
 def test_llama_cpp_loading_without_the_package_says_how_to_install(tmp_path: Path) -> None:
@@ -109,9 +111,15 @@ def test_llama_cpp_loading_without_the_package_says_how_to_install(tmp_path: Pat
         LlamaCppModel.load(tmp_path / "model.gguf", 2048)
 
 
-def test_precision_auto_is_int8_on_cpu_and_explicit_choices_stand() -> None:
-    assert resolve_precision("auto", "cpu") == "int8"
+def test_precision_auto_is_fp16_on_an_x86_cpu_and_explicit_choices_stand(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(embedded, "fp16_kernels_available", lambda: True)
+    assert resolve_precision("auto", "cpu") == "fp16"
+    monkeypatch.setattr(embedded, "fp16_kernels_available", lambda: False)  # an ARM CPU
+    assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("fp32", "cpu") == "fp32"
+    assert resolve_precision("int8", "cpu") == "int8"
     assert resolve_precision("bf16", "cuda:0") == "bf16"
 
 

@@ -52,8 +52,8 @@ class Settings(BaseSettings):
     embedded_engine: Literal["auto", "transformers", "llama"] = Field(
         "auto", description="auto: llama.cpp for GGUF files when llama-cpp-python is installed."
     )
-    embedded_precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
-        "auto", description="Embedded weights; auto: int8 Linear layers on CPU, bf16 on GPU."
+    embedded_precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
+        "auto", description="Embedded weights; auto: fp16 on an x86 CPU, bf16 on a GPU."
     )
     embedded_batch: int = Field(
         4, ge=1, le=32, description="Most embedded requests decoded together (1: one at a time)."

@@ -1,13 +1,10 @@
 """Continuous batching for the embedded model: concurrent requests share decoding steps.
 
-One scheduler thread owns the model. A request joins the running batch at the next
-step: its prompt is prefilled on its own (batch 1, no padding), then its KV cache is
-left-padded to the batch's length and stacked onto the batch's cache. Every step then
-decodes one token for every sequence in a single forward pass, with a 2-D attention
-mask hiding each row's padding and explicit position ids, so a padded row sees exactly
-what it would see alone. A sequence leaves the batch when it meets an end token, its
-own ``max_new`` or stop string, or its cancel event; its row is dropped from the cache
-and all-padding columns are trimmed, without disturbing the others.
+One scheduler thread owns the model's decoder (``decoder.py``). A request joins the
+running batch at the next step: its prompt is prefilled on its own, as a new row, and
+from then on every step decodes one token for every row in a single forward pass. A
+row leaves the batch when it meets an end token, its own ``max_new`` or stop string,
+or its cancel event, without disturbing the others.
 
 The decoding loop is our own rather than ``model.generate``: at batch 1 a 135M model
 on a CPU spends much of each step in per-call overhead, and generate's logits
@@ -26,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrate.errors import TaskCancelledError
+from orchestrate.llm.decoder import Decoder
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +49,9 @@ class GenerationJob:
 
 @dataclass
 class _Row:
-    """A job in the running batch: its real length (cache columns it owns)."""
+    """A job in the running batch, and the token it feeds to the next step."""
 
     job: GenerationJob
-    length: int
     next_token: int = -1
 
 
@@ -63,27 +60,28 @@ class BatchingEngine:
 
     def __init__(
         self,
-        model: Any,
+        decoder: Decoder,
         tokenizer: Any,
         *,
+        eos: frozenset[int],
         tokenizer_lock: threading.Lock,
         repetition_penalty: float,
         max_batch: int = 4,
     ) -> None:
-        self._model = model
+        self._decoder = decoder
         self._tokenizer = tokenizer
         self._tokenizer_lock = tokenizer_lock
         self._penalty = repetition_penalty
         self.max_batch = max(1, max_batch)
-        self._eos = _eos_ids(model, tokenizer)
-        self._vocab = int(model.config.vocab_size)
-        self._device = getattr(model, "device", "cpu")
+        self._eos = eos
+        self._vocab = decoder.vocab_size
+        self._device = decoder.device
         self._pending: list[GenerationJob] = []
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
-        # The running batch, touched by the scheduler thread only.
+        # The running batch, touched by the scheduler thread only; row i of the
+        # decoder is self._rows[i].
         self._rows: list[_Row] = []
-        self._cache: Any = None
         self._seen: Any = None  # [batch, vocab] bool: tokens the penalty applies to
         self._lease: contextlib.ExitStack | None = None
         self.steps = 0  # decoding steps run, for tests and benchmarks
@@ -128,9 +126,8 @@ class BatchingEngine:
                     self._fail_all(exc, joining)
 
     def _admit(self, job: GenerationJob) -> None:
-        """Prefill the job's prompt alone and stack its cache onto the batch."""
+        """Prefill the job's prompt as a new row of the batch and pick its first token."""
         import torch
-        from transformers import DynamicCache
 
         if job.cancel.is_set() or job.max_new <= 0:
             job.done.set()
@@ -139,69 +136,22 @@ class BatchingEngine:
             stack = contextlib.ExitStack()
             stack.enter_context(job.lease())
             self._lease = stack
-        ids = torch.tensor([job.prompt_ids], dtype=torch.long, device=self._device)
-        cache = DynamicCache()
-        output = self._model(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            position_ids=torch.arange(ids.shape[1], device=self._device).unsqueeze(0),
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        logits = self._decoder.prefill(job.prompt_ids)
         seen = torch.zeros((1, self._vocab), dtype=torch.bool, device=self._device)
-        seen[0, ids[0]] = True
-        row = _Row(job, length=ids.shape[1])
-        self._merge(row, cache, seen)
-        token = self._choose(output.logits[:, -1, :], [row])[0]
-        self._advance([(row, token)])
-
-    def _merge(self, row: _Row, cache: Any, seen: Any) -> None:
-        import torch
-        import torch.nn.functional as functional
-
-        if not self._rows:
-            self._rows, self._cache, self._seen = [row], cache, seen
-            return
-        width = self._cache.get_seq_length()
-        mine = cache.get_seq_length()
-        for batch_layer, new_layer in zip(self._cache.layers, cache.layers, strict=True):
-            for name in ("keys", "values"):
-                old, new = getattr(batch_layer, name), getattr(new_layer, name)
-                if mine < width:
-                    new = functional.pad(new, (0, 0, width - mine, 0))
-                elif width < mine:
-                    old = functional.pad(old, (0, 0, mine - width, 0))
-                setattr(batch_layer, name, torch.cat([old, new], dim=0))
+        seen[0, torch.tensor(job.prompt_ids, dtype=torch.long, device=self._device)] = True
+        row = _Row(job)
         self._rows.append(row)
-        self._seen = torch.cat([self._seen, seen], dim=0)
+        self._seen = seen if self._seen is None else torch.cat([self._seen, seen], dim=0)
+        token = self._choose(logits.unsqueeze(0), [row])[0]
+        self._advance([(row, token)])
 
     def _step(self) -> None:
         """Decode one token for every row."""
-        import torch
-
-        width = self._cache.get_seq_length()
-        mask = torch.zeros((len(self._rows), width + 1), dtype=torch.long, device=self._device)
-        for index, row in enumerate(self._rows):
-            mask[index, width - row.length :] = 1
-        output = self._model(
-            input_ids=self._column([row.next_token for row in self._rows]),
-            attention_mask=mask,
-            position_ids=self._column([row.length for row in self._rows]),
-            cache=self._cache,  # grown in place by one column
-            use_cache=True,
-        )
-        for row in self._rows:
-            row.length += 1
+        logits = self._decoder.step([row.next_token for row in self._rows])
         self.steps += 1
         self.widest = max(self.widest, len(self._rows))
-        tokens = self._choose(output.logits[:, -1, :], self._rows)
+        tokens = self._choose(logits, self._rows)
         self._advance(list(zip(self._rows, tokens, strict=True)))
-
-    def _column(self, values: list[int]) -> Any:
-        import torch
-
-        return torch.tensor(values, dtype=torch.long, device=self._device).unsqueeze(1)
 
     def _choose(self, logits: Any, rows: list[_Row]) -> list[int]:
         """The next token of each row: repetition penalty, then greedy or sampled."""
@@ -257,16 +207,12 @@ class BatchingEngine:
             self._rows[index].job.done.set()
         keep = [i for i in range(len(self._rows)) if i not in set(indices)]
         self._rows = [self._rows[i] for i in keep]
+        self._decoder.keep(keep)
         if not self._rows:
-            self._cache = self._seen = None
+            self._seen = None
             self._release_lease()
             return
-        selected = torch.tensor(keep, dtype=torch.long, device=self._device)
-        trim = self._cache.get_seq_length() - max(row.length for row in self._rows)
-        for layer in self._cache.layers:
-            layer.keys = layer.keys[selected, :, trim:, :]
-            layer.values = layer.values[selected, :, trim:, :]
-        self._seen = self._seen[selected]
+        self._seen = self._seen[torch.tensor(keep, dtype=torch.long, device=self._device)]
 
     def _release_lease(self) -> None:
         if self._lease is not None:
@@ -278,11 +224,13 @@ class BatchingEngine:
             if not job.done.is_set():
                 job.error = error
                 job.done.set()
-        self._rows, self._cache, self._seen = [], None, None
+        self._rows, self._seen = [], None
+        with contextlib.suppress(Exception):  # the decoder may be what failed
+            self._decoder.keep([])
         self._release_lease()
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+def eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     """Every token that ends an answer: the generation config's and the tokenizer's."""
     ids: set[int] = set()
     for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):

