@@ -41,6 +41,7 @@ from typing import Any
 import yaml
 
 from orchestrate.llm.backend import CompletionRequest
+from orchestrate.llm.compute import compute_thread
 from orchestrate.llm.decoder import Decoder, WeightPrecision, build_decoder
 from orchestrate.llm.embedded import (
     REPETITION_PENALTY,
@@ -86,7 +87,15 @@ def load_times(home: Path, options: EngineOptions) -> tuple[float, float, Loaded
 
 
 def baseline_generate(model: Any, tokenizer: Any, text: str, tokens: int) -> list[int]:
-    """The previous path: transformers generate, fp32, greedy, the same penalty."""
+    """The previous path: transformers generate, fp32, greedy, the same penalty.
+
+    On the compute thread, like ours: a second thread calling torch would slow both
+    (see orchestrate/llm/compute.py).
+    """
+    return compute_thread.call(lambda: _generate(model, tokenizer, text, tokens))
+
+
+def _generate(model: Any, tokenizer: Any, text: str, tokens: int) -> list[int]:
     import torch
 
     inputs = tokenizer.apply_chat_template(
@@ -312,7 +321,9 @@ def main() -> None:
         )
         source = locate_embedded_model("smollm2-135m", override=None)
         folder = model_folder(source, home / "cold-models")
-        baseline = AutoModelForCausalLM.from_pretrained(folder).eval()  # type: ignore[no-untyped-call]
+        baseline = compute_thread.call(
+            lambda: AutoModelForCausalLM.from_pretrained(folder).eval()  # type: ignore[no-untyped-call]
+        )
         exact = LoadedModel._load(
             source, home / "cold-models", None, EngineOptions(precision="fp32")
         )
@@ -345,7 +356,9 @@ def main() -> None:
             continuations = [
                 baseline_generate(baseline, tokenizer, t, tokens) for t in QUALITY_PROMPTS
             ]
-            verdict = quality(baseline, precision, tokenizer, continuations)
+            verdict = compute_thread.call(
+                lambda: quality(baseline, precision, tokenizer, continuations)
+            )
             print(f"{precision} quality vs fp32: {verdict}")
 
         rates = []

@@ -202,6 +202,33 @@ def test_a_model_failure_fails_the_request_not_the_engine(tiny_model: Any, kind:
     assert len(alone(engine, PROMPTS[0], 3)) == 3
 
 
+def test_two_models_take_turns_on_the_compute_thread(tiny_model: Any) -> None:
+    # Two engines (two models) share one compute thread; a long answer on one must not
+    # hold a short one on the other until it ends.
+    long_engine = make_engine(make_decoder("llama", tiny_model))
+    short_engine = make_engine(make_decoder("llama", tiny_model))
+    started, finished = threading.Event(), []
+
+    def note_start(count: int) -> None:
+        if count == 1:
+            started.set()
+            threading.Event().wait(0.2)  # the short request arrives meanwhile
+
+    def run(engine: BatchingEngine, job: GenerationJob, name: str) -> None:
+        engine.run(job)
+        finished.append(name)
+
+    long_job = GenerationJob(list(PROMPTS[0]), 60, on_progress=note_start)
+    long_thread = threading.Thread(target=run, args=(long_engine, long_job, "long"))
+    long_thread.start()
+    started.wait(30)
+    run(short_engine, GenerationJob(list(PROMPTS[1]), 3), "short")
+    long_thread.join(60)
+
+    assert finished == ["short", "long"]
+    assert len(long_job.generated) == 60
+
+
 @pytest.mark.embedded
 def test_the_real_model_batched_equals_unbatched_in_fp32(tmp_path: Path) -> None:
     from orchestrate.llm.embedded import EngineOptions, LoadedModel, locate_embedded_model

@@ -1,7 +1,8 @@
 """Continuous batching for the embedded model: concurrent requests share decoding steps.
 
-One scheduler thread owns the model's decoder (``decoder.py``). A request joins the
-running batch at the next step: its prompt is prefilled on its own, as a new row, and
+The model's decoder (``decoder.py``) is driven from the process's compute thread
+(``compute.py``), which every embedded model shares. A request joins the running batch
+at the next step: its prompt is prefilled on its own, as a new row, and
 from then on every step decodes one token for every row in a single forward pass. A
 row leaves the batch when it meets an end token, its own ``max_new`` or stop string,
 or its cancel event, without disturbing the others.
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrate.errors import TaskCancelledError
+from orchestrate.llm.compute import ComputeThread, compute_thread
 from orchestrate.llm.decoder import Decoder
 
 logger = logging.getLogger(__name__)
@@ -67,8 +69,10 @@ class BatchingEngine:
         tokenizer_lock: threading.Lock,
         repetition_penalty: float,
         max_batch: int = 4,
+        compute: ComputeThread = compute_thread,
     ) -> None:
         self._decoder = decoder
+        self._compute = compute
         self._tokenizer = tokenizer
         self._tokenizer_lock = tokenizer_lock
         self._penalty = repetition_penalty
@@ -77,10 +81,10 @@ class BatchingEngine:
         self._vocab = decoder.vocab_size
         self._device = decoder.device
         self._pending: list[GenerationJob] = []
-        self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
-        # The running batch, touched by the scheduler thread only; row i of the
-        # decoder is self._rows[i].
+        self._pending_lock = threading.Lock()
+        self._scheduled = False  # a drain is running or queued on the compute thread
+        # The running batch, touched by the drain only; row i of the decoder is
+        # self._rows[i].
         self._rows: list[_Row] = []
         self._seen: Any = None  # [batch, vocab] bool: tokens the penalty applies to
         self._lease: contextlib.ExitStack | None = None
@@ -91,14 +95,11 @@ class BatchingEngine:
         """Queue the job, wait for it, and return its new tokens (or raise its error)."""
         if job.cancel.is_set():
             raise TaskCancelledError("cancelled before generation started")
-        with self._wake:
+        with self._pending_lock:
             self._pending.append(job)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._loop, name="embedded-batcher", daemon=True
-                )
-                self._thread.start()
-            self._wake.notify()
+            if not self._scheduled:
+                self._scheduled = True
+                self._compute.submit(self._drain)
         job.done.wait()
         if job.error is not None:
             raise job.error
@@ -106,14 +107,17 @@ class BatchingEngine:
             raise TaskCancelledError("cancelled during generation")
         return job.generated
 
-    def _loop(self) -> None:
+    def _drain(self) -> None:
+        """Admit and decode until no work is left, or until other work waits for the
+        compute thread (another model's batch, a load): then queue up again behind it."""
         import torch
 
         with torch.inference_mode():
             while True:
-                with self._wake:
-                    while not self._pending and not self._rows:
-                        self._wake.wait()
+                with self._pending_lock:
+                    if not self._pending and not self._rows:
+                        self._scheduled = False
+                        return
                     free = self.max_batch - len(self._rows)
                     joining, self._pending = self._pending[:free], self._pending[free:]
                 try:
@@ -124,6 +128,9 @@ class BatchingEngine:
                 except Exception as exc:  # the model failed: fail every job it holds
                     logger.exception("the embedded batch failed")
                     self._fail_all(exc, joining)
+                if self._compute.others_waiting():
+                    self._compute.submit(self._drain)
+                    return
 
     def _admit(self, job: GenerationJob) -> None:
         """Prefill the job's prompt as a new row of the batch and pick its first token."""

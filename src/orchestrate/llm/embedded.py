@@ -38,6 +38,7 @@ from filelock import FileLock
 from orchestrate.errors import BackendError, ModelNotFoundError, SettingsError
 from orchestrate.llm.backend import ChatMessage, Completion, CompletionRequest
 from orchestrate.llm.batching import BatchingEngine, GenerationJob, eos_ids
+from orchestrate.llm.compute import compute_thread
 from orchestrate.llm.decoder import Decoder, WeightPrecision, build_decoder, fp16_kernels_available
 from orchestrate.llm.fitting import fit_messages
 
@@ -341,7 +342,18 @@ class LoadedModel:
         adapter: LoraAdapter | None = None,
         options: EngineOptions | None = None,
     ) -> LoadedModel:
-        options = options or EngineOptions()
+        """Load on the compute thread, which then alone has touched torch (see compute.py)."""
+        chosen = options or EngineOptions()
+        return compute_thread.call(lambda: cls._load_here(source, models_dir, adapter, chosen))
+
+    @classmethod
+    def _load_here(
+        cls,
+        source: ModelSource,
+        models_dir: Path,
+        adapter: LoraAdapter | None,
+        options: EngineOptions,
+    ) -> LoadedModel:
         quiet_transformers()
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
