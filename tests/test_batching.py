@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
+from conftest import wait_for
 from orchestrate.errors import TaskCancelledError
 from orchestrate.llm.batching import BatchingEngine, GenerationJob
+from orchestrate.llm.compute import compute_thread
 from orchestrate.llm.decoder import Decoder, LlamaDecoder, TransformersDecoder
 
 torch = pytest.importorskip("torch")
@@ -210,9 +212,9 @@ def test_two_models_take_turns_on_the_compute_thread(tiny_model: Any) -> None:
     started, finished = threading.Event(), []
 
     def note_start(count: int) -> None:
-        if count == 1:
+        if count == 1:  # hold the long batch until the short one is queued behind it
             started.set()
-            threading.Event().wait(0.2)  # the short request arrives meanwhile
+            wait_for(compute_thread.others_waiting, "the short request to be queued")
 
     def run(engine: BatchingEngine, job: GenerationJob, name: str) -> None:
         engine.run(job)
