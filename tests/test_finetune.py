@@ -176,7 +176,7 @@ def test_a_build_with_the_adapter_loads_it(
 ) -> None:
     from orchestrate.llm.backend import CompletionRequest, create_backend
 
-    # Eight tiny steps move the weights a little: int8 rounding (the CPU default) can hide
+    # Eight tiny steps move the weights a little: fp16 rounding (the CPU default) can hide
     # that, so look at the learnt style in full precision.
     monkeypatch.setenv("ORCHESTRATE_EMBEDDED_PRECISION", "fp32")
 
@@ -245,3 +245,39 @@ def test_resume_refuses_changed_settings(trained: Trained) -> None:
 
     assert result.exit_code == 2
     assert "--lora-r 4 differs from the checkpoint's 8" in result.stderr
+
+
+def test_a_resumed_run_keeps_its_adapter(
+    trained: Trained, base_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The adapter is part of the response-cache key: a resumed task answered from the
+    # cache shows that the resume ran on the adapted model, as the run did.
+    import sqlite3
+
+    from conftest import EXAMPLE_SPEC
+    from orchestrate.store.events import read_events
+    from orchestrate.store.runs import RunStatus, RunStore
+
+    home = trained.home / "resume-adapter"
+    monkeypatch.setenv("ORCHESTRATE_HOME", str(home))
+    monkeypatch.setenv("ORCHESTRATE_RUNS_DIR", str(home / "runs"))
+    monkeypatch.setenv("ORCHESTRATE_EMBEDDED_MODEL", str(base_folder))
+    build = ["build", str(EXAMPLE_SPEC), "--max-tokens", "4", "--no-memory", "--json"]
+    first = runner.invoke(app, [*build, "--adapter", str(trained.output)])
+    assert first.exit_code == 0, first.output
+
+    folder = RunStore(home / "runs").find(json.loads(first.stdout)["run_id"])
+    record = folder.load()
+    assert record.adapter == str(trained.output)
+    # As if the process had died while the critic was answering.
+    with sqlite3.connect(folder.checkpoint_path) as db:
+        db.execute("DELETE FROM finished_tasks WHERE task = 'review'")
+    record.status = RunStatus.FAILED
+    folder.save(record)
+
+    second = runner.invoke(app, ["resume", record.id, "--no-memory", "--json"])
+
+    assert second.exit_code == 0, second.output
+    calls = [e for e in read_events(folder.path / "events.jsonl") if e["type"] == "llm_call"]
+    assert [call["cached"] for call in calls if call["task"] == "review"] == [False, True]
+    assert folder.load().adapter == str(trained.output)

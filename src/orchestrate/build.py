@@ -79,6 +79,7 @@ class BuildOptions:
     memory_dir: Path | None = None  # long-term memory to recall from and add to; None: none
     memory_tokens: int = 1024  # most tokens of recalled memories per task
     memory_top_k: int = 3  # most memories recalled per task
+    adapter: Path | None = None  # the LoRA adapter on the embedded model, kept in run.json
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,7 @@ class BuildRun(ExecutionListener):
             max_tokens=options.max_tokens,
             temperature=options.temperature,
             currency=options.currency,
+            adapter=options.adapter,
         )
         folder.save(record)
         return cls(folder, record, crew.config, models, options, observer, guards)
@@ -488,6 +490,7 @@ class BuildRun(ExecutionListener):
             {name: done.files for name, done in finished.items()},
             model=self.options.model,
             workers=self.options.workers,
+            adapter=self.options.adapter,
         )
         self.folder.save(self.record)
 

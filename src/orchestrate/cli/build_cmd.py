@@ -157,6 +157,12 @@ def resume(
         None, "--pushgateway", metavar="URL", help="Push the run's metrics here when it ends."
     ),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON result, no table."),
+    adapter: Path | None = typer.Option(
+        None,
+        "--adapter",
+        metavar="DIR",
+        help="A LoRA adapter for the embedded model (default: the one the run started with).",
+    ),
 ) -> None:
     """Finish an interrupted or failed run: tasks that finished keep their results.
 
@@ -170,6 +176,7 @@ def resume(
         fail_fast,
         no_cache,
         _Exits(metrics_port, pushgateway, json_output),
+        adapter,
         no_memory=no_memory,
     )
 
@@ -210,7 +217,7 @@ def _resume(
         temperature=record.temperature,
         metrics_port=exits.metrics_port,
         pushgateway=exits.pushgateway,
-        embedded_adapter=adapter,
+        embedded_adapter=adapter or (Path(record.adapter) if record.adapter else None),
     )
     _check_out(out)
     _check_adapter(settings, adapter)
@@ -330,6 +337,7 @@ def _options(
         memory_dir=settings.memory_dir if settings.memory and not no_memory else None,
         memory_tokens=settings.memory_tokens,
         memory_top_k=settings.memory_top_k,
+        adapter=settings.embedded_adapter,
     )
 
 

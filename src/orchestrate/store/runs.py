@@ -68,6 +68,7 @@ class RunRecord(BaseModel):
     max_tokens: int | None = None
     temperature: float | None = None
     currency: str | None = None  # of every cost in the record; None in runs before it
+    adapter: str | None = None  # the LoRA adapter folder on the embedded model, if any
     resumes: int = 0  # how many times `orchestrate resume` picked the run up again
     started_at: datetime = Field(default_factory=utc_now)
     ended_at: datetime | None = None
@@ -93,10 +94,12 @@ class RunRecord(BaseModel):
         max_tokens: int,
         temperature: float,
         currency: str | None = None,
+        adapter: Path | None = None,
     ) -> RunRecord:
         """The record of a new run of ``crew`` on ``spec``: every task pending."""
         return cls(
             currency=currency,
+            adapter=str(adapter) if adapter else None,
             id=run_id,
             spec_title=spec.title,
             spec_text=spec.text,
@@ -117,7 +120,14 @@ class RunRecord(BaseModel):
             },
         )
 
-    def reopen(self, finished: Mapping[str, list[str]], *, model: str, workers: int) -> None:
+    def reopen(
+        self,
+        finished: Mapping[str, list[str]],
+        *,
+        model: str,
+        workers: int,
+        adapter: Path | None = None,
+    ) -> None:
         """Make a stopped run live again in this process.
 
         ``finished`` maps each checkpointed task to its files; every other task goes
@@ -126,6 +136,7 @@ class RunRecord(BaseModel):
         self.status, self.pid, self.resumes = RunStatus.RUNNING, os.getpid(), self.resumes + 1
         self.ended_at = self.failure = self.verdict = None
         self.model, self.workers = model, workers
+        self.adapter = str(adapter) if adapter else None
         for name, task in self.tasks.items():
             task.reason = None
             if name in finished:
