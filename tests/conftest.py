@@ -30,6 +30,25 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.02)
 
 
+def tiny_llama(**overrides: Any) -> Any:
+    """A random two-layer Llama, 64 wide, with grouped-query attention (4 query heads on
+    2 key/value heads): SmolLM2's architecture at toy size, for decoder tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    settings: dict[str, Any] = {
+        "vocab_size": 96,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+    }
+    return LlamaForCausalLM(LlamaConfig(**(settings | overrides))).eval()
+
+
 def require_tool(name: str, debian_package: str) -> str:
     """The path of a system tool a test needs; skip without it, but fail under CI=true.
 

@@ -1,7 +1,7 @@
 """Tests for orchestrate.llm.decoder: our Llama forward pass against transformers'.
 
 A tiny random Llama with grouped-query attention (4 query heads on 2 key/value heads)
-stands in for SmolLM2; the real model is covered by the embedded tests.
+(conftest's) stands in for SmolLM2; the real model is covered by the embedded tests.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from conftest import tiny_llama
 from orchestrate.llm.decoder import (
     LlamaDecoder,
     TransformersDecoder,
@@ -20,22 +21,6 @@ from orchestrate.llm.decoder import (
 
 torch = pytest.importorskip("torch")
 ATOL = 1e-4  # fp32 against fp32: only the summation order differs
-
-
-def tiny_llama(**overrides: Any) -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    settings: dict[str, Any] = {
-        "vocab_size": 96,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 1024,
-    }
-    return LlamaForCausalLM(LlamaConfig(**(settings | overrides))).eval()
 
 
 @pytest.fixture(scope="module")

@@ -314,12 +314,31 @@ def peak_held(intervals) -> int:
 def test_embedded_model_lease_size_and_device(tmp_path):
     import torch
 
+    from conftest import tiny_llama
+    from orchestrate.llm.decoder import LlamaDecoder
     from orchestrate.llm.embedded import LoadedModel, estimate_lease_mib
 
     model = torch.nn.Linear(1024, 1024)  # 4 MiB of fp32 weights
     assert estimate_lease_mib(model) == 5
-    loaded = LoadedModel(model, tokenizer=None, context_window=2048)
+    loaded = LoadedModel(
+        LlamaDecoder(tiny_llama(), "fp32", max_rows=1),
+        tokenizer=None,
+        context_window=2048,
+        eos=frozenset(),
+        lease_mib=estimate_lease_mib(model),
+    )
     manager = GpuLeaseManager(tmp_path, capacity=fixed(100))
     with loaded._lease(manager, "embedded:test for dev"):
         assert held(manager) == [("embedded:test for dev", 5)]
     assert held(manager) == []
+
+
+def test_the_embedded_lease_covers_a_full_kv_cache_for_every_row() -> None:
+    from conftest import tiny_llama
+    from orchestrate.llm.embedded import estimate_lease_mib
+
+    model = tiny_llama()  # 2 layers x 2 key/value heads x 16 dims: 512 bytes a position
+    weights_only = estimate_lease_mib(model)  # under 1 MiB of weights
+    full = estimate_lease_mib(model, rows=4, positions=8192)  # and 16 MiB of cache
+
+    assert (weights_only, full) == (1, 20)  # a quarter more for activations

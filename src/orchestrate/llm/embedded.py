@@ -371,8 +371,11 @@ class LoadedModel:
         model.eval()  # type: ignore[no-untyped-call]
         device = default_device()
         precision = resolve_precision(options.precision, device)
-        lease_mib = estimate_lease_mib(model)  # fp32 weights: an upper bound of any precision
-        window = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+        window = min(
+            int(getattr(model.config, "max_position_embeddings", 2048) or 2048),
+            EmbeddedBackend.context_window,
+        )
+        lease_mib = estimate_lease_mib(model, rows=options.max_batch, positions=window)
         model = model.to(device)  # type: ignore[arg-type]  # transformers types .to too narrowly
         decoder = build_decoder(model, precision, max_rows=options.max_batch)
         logger.info(
@@ -385,7 +388,7 @@ class LoadedModel:
         return cls(
             decoder,
             tokenizer,
-            min(window, EmbeddedBackend.context_window),
+            window,
             eos=eos_ids(model, tokenizer),
             lease_mib=lease_mib,
             max_batch=options.max_batch,
@@ -502,10 +505,20 @@ def _with_adapter(model: Any, adapter: LoraAdapter) -> Any:
     return merged
 
 
-def estimate_lease_mib(model: Any) -> int:
-    """Weights plus a quarter for activations and the KV cache of one generation."""
+def estimate_lease_mib(model: Any, *, rows: int = 1, positions: int = 0) -> int:
+    """The most memory a batch can use: the weights as loaded (fp32, at least as large
+    as any lower precision), a KV cache of ``positions`` for each of ``rows`` rows in
+    fp32, and a quarter more for activations."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    return max(1, int(weights * 1.25) // 1024**2)
+    config = getattr(model, "config", None)
+    cache = 0
+    if config is not None and positions:
+        heads = int(config.num_attention_heads)
+        kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+        head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+        per_position = 2 * int(config.num_hidden_layers) * kv_heads * head_dim * 4  # keys, values
+        cache = rows * positions * per_position
+    return max(1, int((weights + cache) * 1.25) // 1024**2)
 
 
 def _cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
