@@ -143,6 +143,16 @@ def test_lower_precisions_stay_close_to_fp32(precision: str) -> None:
     assert error < {"fp16": 1e-3, "bf16": 1e-2, "int8": 5e-2}[precision]
 
 
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_cpu_only_precisions_fall_back_off_the_cpu(precision: str) -> None:
+    # The meta device stands in for a GPU: shapes and dtypes, no kernels.
+    weight, inputs = torch.randn(256, 128, device="meta"), torch.randn(3, 128, device="meta")
+
+    got = projection(weight, precision)(inputs)  # type: ignore[arg-type]
+
+    assert (got.device.type, got.dtype, tuple(got.shape)) == ("meta", torch.float32, (3, 256))
+
+
 def test_other_architectures_go_through_transformers() -> None:
     with_bias = tiny_llama(attention_bias=True)
     assert isinstance(build_decoder(with_bias, "fp32", max_rows=2), TransformersDecoder)

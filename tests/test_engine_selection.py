@@ -116,6 +116,7 @@ def test_precision_auto_is_fp16_on_an_x86_cpu_and_explicit_choices_stand(
 ) -> None:
     monkeypatch.setattr(embedded, "fp16_kernels_available", lambda: True)
     assert resolve_precision("auto", "cpu") == "fp16"
+    assert resolve_precision("auto", "mps") == "fp32"  # fbgemm's kernels are CPU-only
     monkeypatch.setattr(embedded, "fp16_kernels_available", lambda: False)  # an ARM CPU
     assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("fp32", "cpu") == "fp32"

@@ -73,21 +73,24 @@ def projection(weight: Tensor, precision: WeightPrecision) -> Projection:
     fp16 uses fbgemm's packed fp16 weights with fp32 arithmetic: half the bytes of fp32
     to read per token (decoding is bound by reading weights), and unlike bf16 matrix
     products on a CPU without native bf16, a batch of rows costs about what one does.
-    int8 is dynamic quantisation (weights per channel, activations per call).
+    int8 is dynamic quantisation (weights per channel, activations per call). Both are
+    CPU kernels: on a GPU, fp16 is its native half precision and int8 falls back to bf16.
     """
     import torch
     import torch.nn.functional as functional
 
     weight = weight.detach().float().contiguous()
-    if precision == "fp16":
+    on_cpu = weight.device.type == "cpu"
+    if precision == "fp16" and on_cpu:
         packed = torch.ops.quantized.linear_prepack_fp16(weight, None)
         return lambda x: torch.ops.quantized.linear_dynamic_fp16(x, packed)
-    if precision == "int8":
+    if precision == "int8" and on_cpu:
         return _int8_linear(weight)
-    if precision == "bf16":
-        low = weight.to(torch.bfloat16)
-        return lambda x: functional.linear(x.to(torch.bfloat16), low).float()
-    return lambda x: functional.linear(x, weight)
+    if precision == "fp32":
+        return lambda x: functional.linear(x, weight)
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    low = weight.to(dtype)
+    return lambda x: functional.linear(x.to(dtype), low).float()
 
 
 def _int8_linear(weight: Tensor) -> Projection:

@@ -109,7 +109,9 @@ def resolve_precision(precision: Precision, device: str) -> WeightPrecision:
         import torch
 
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "fp16" if fp16_kernels_available() else "fp32"
+    if device == "cpu" and fp16_kernels_available():
+        return "fp16"
+    return "fp32"
 
 
 def default_device() -> str:
