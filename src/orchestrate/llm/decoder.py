@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
@@ -123,6 +124,17 @@ class _Layer:
         self.down = projection(mlp.down_proj.weight, precision)
 
 
+@dataclass(frozen=True)
+class _Placement:
+    """Where this call's tokens go: cache slot (row) and position of each, and the
+    rotary factors of those positions, shared by every layer."""
+
+    slots: Tensor
+    positions: Tensor
+    cos: Tensor
+    sin: Tensor
+
+
 class LlamaDecoder:
     """The Llama forward pass with fused projections and a static, slotted KV cache.
 
@@ -180,10 +192,11 @@ class LlamaDecoder:
         self._reserve(len(prompt_ids))
         row, count = len(self.lengths), len(prompt_ids)
         ids = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
-        positions = torch.arange(count, device=self.device)
+        slots = torch.full((count,), row, dtype=torch.long, device=self.device)
+        where = self._placement(slots, torch.arange(count, device=self.device))
         hidden = self._embed(ids)
         for index, layer in enumerate(self._layers):
-            queries = self._attention_inputs(hidden, layer, positions, index, rows=[row] * count)
+            queries = self._attention_inputs(hidden, layer, index, where)
             keys = self._keys[index][row : row + 1, :, :count]
             values = self._values[index][row : row + 1, :, :count]
             attended = self._attend(queries.transpose(0, 1).unsqueeze(0), keys, values, None)
@@ -205,9 +218,11 @@ class LlamaDecoder:
         if min(self.lengths) != max(self.lengths):
             visible = torch.arange(width, device=self.device).unsqueeze(0) <= positions[:, None]
             mask = visible[:, None, None, :]
+        slots = torch.arange(rows, device=self.device)
+        where = self._placement(slots, positions)
         hidden = self._embed(ids)
         for index, layer in enumerate(self._layers):
-            queries = self._attention_inputs(hidden, layer, positions, index, list(range(rows)))
+            queries = self._attention_inputs(hidden, layer, index, where)
             keys = self._keys[index][:rows, :, :width]
             values = self._values[index][:rows, :, :width]
             attended = self._attend(queries.unsqueeze(2), keys, values, mask)
@@ -235,8 +250,12 @@ class LlamaDecoder:
 
         return functional.embedding(ids, self._embeddings).float()
 
+    def _placement(self, slots: Tensor, positions: Tensor) -> _Placement:
+        cos, sin = self._cos[positions].unsqueeze(1), self._sin[positions].unsqueeze(1)
+        return _Placement(slots, positions, cos, sin)
+
     def _attention_inputs(
-        self, hidden: Tensor, layer: _Layer, positions: Tensor, index: int, rows: list[int]
+        self, hidden: Tensor, layer: _Layer, index: int, where: _Placement
     ) -> Tensor:
         """Project, rotate, and store this layer's keys and values; return the queries
         ``[tokens, heads, head_dim]``."""
@@ -245,12 +264,10 @@ class LlamaDecoder:
         tokens, heads, kv_heads, dim = hidden.shape[0], self._heads, self._kv_heads, self._head_dim
         qkv = layer.qkv(self._norm(hidden, layer.input_norm))
         rotated = qkv[:, : (heads + kv_heads) * dim].view(tokens, heads + kv_heads, dim)
-        cos, sin = self._cos[positions].unsqueeze(1), self._sin[positions].unsqueeze(1)
-        rotated = torch.addcmul(rotated * cos, rotated.roll(dim // 2, -1), sin)
+        rotated = torch.addcmul(rotated * where.cos, rotated.roll(dim // 2, -1), where.sin)
         values = qkv[:, (heads + kv_heads) * dim :].view(tokens, kv_heads, dim)
-        slots = torch.tensor(rows, dtype=torch.long, device=self.device)
-        self._keys[index][slots, :, positions] = rotated[:, heads:]
-        self._values[index][slots, :, positions] = values
+        self._keys[index][where.slots, :, where.positions] = rotated[:, heads:]
+        self._values[index][where.slots, :, where.positions] = values
         return rotated[:, :heads]
 
     def _attend(self, queries: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
