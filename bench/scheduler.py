@@ -4,7 +4,9 @@ Three measurements, every ratio against a baseline measured in the same run:
 
 1. The six-task crew with unequal latencies (architect 1 s, fullstack 3 s, devops 1 s,
    qa 1 s, docs 2 s, critic 1 s) on the scripted backend: our makespan against the
-   critical path, and against CrewAI's own ``kickoff()`` on the same crew, both
+   critical path (the first build of the process, which also pays one-time imports and
+   set-up, and the median of three builds after it, which the target applies to), and
+   against CrewAI's own ``kickoff()`` on the same crew, both
    ``Process.sequential`` and the best ``async_execution`` layout its validator accepts
    (every task order and async choice is ranked by CrewAI's execution rules; the
    best one its validator accepts is then run for real).
@@ -50,6 +52,7 @@ LATENCIES = {"architect": 1.0, "fullstack": 3.0, "devops": 1.0, "qa": 1.0, "docs
 LATENCIES["critic"] = 1.0
 CRITICAL_PATH_TARGET = 1.03
 CACHE_SPEEDUP_TARGET = 50.0  # first run / cached re-run
+WARM_BUILDS = 3
 
 
 # 1 and 2: the crew, ours and CrewAI's
@@ -189,17 +192,23 @@ def bench_crew(folder: Path) -> None:
 
     first_wall, record = crew_build(crew, folder / "first", cache)
     cached_wall, cached = crew_build(crew, folder / "cached", cache)
+    warm = [
+        crew_build(crew, folder / f"warm-{number}", uncached(folder / f"cache-{number}"))[1]
+        for number in range(WARM_BUILDS)
+    ]
     sequential = crewai_kickoff(crew.config, list(graph.tasks), set())
     order, async_tasks, checked = best_crewai_layout(crew.config)
     best = crewai_kickoff(crew.config, order, async_tasks)
 
-    makespan = record.seconds
+    cold = record.seconds
+    makespan = statistics.median(warm_record.seconds for warm_record in warm)
     latencies = ", ".join(f"{agent} {seconds:g}s" for agent, seconds in LATENCIES.items())
     layout = ", ".join(f"{name}{'*' if name in async_tasks else ''}" for name in order)
     ratio, speedup = makespan / ideal.length, first_wall / cached_wall
     print(f"1. six-task crew, latencies {latencies}")
     row("critical path (ideal)", f"{ideal.length:6.2f} s", " -> ".join(ideal.tasks))
-    row("orchestrate makespan", f"{makespan:6.2f} s")
+    row("orchestrate makespan, first build", f"{cold:6.2f} s", f"{cold / ideal.length:.3f}x ideal")
+    row("orchestrate makespan, warm", f"{makespan:6.2f} s", f"median of {WARM_BUILDS}")
     row("CrewAI kickoff, sequential", f"{sequential:6.2f} s")
     row("CrewAI kickoff, best async layout", f"{best:6.2f} s", f"{layout} (* async)")
     row("", "", f"best predicted of the layouts CrewAI accepts; {checked} validated")
@@ -211,6 +220,11 @@ def bench_crew(folder: Path) -> None:
     calls = f"{cached.llm_calls} model calls, {cached.cached_calls} from the cache"
     row("cached re-run", f"{cached_wall:6.3f} s", calls)
     row("first / cached", f"{speedup:6.1f}x", target(speedup >= CACHE_SPEEDUP_TARGET, ">= 50x"))
+
+
+def uncached(path: Path) -> ResponseCache:
+    """An empty response cache: a warm build must still call the (scripted) model."""
+    return ResponseCache(path, max_bytes=2**26)
 
 
 def row(label: str, value: str, note: str = "") -> None:
