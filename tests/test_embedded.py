@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from conftest import EXAMPLE_SPEC
 from orchestrate.cli.app import app
 from orchestrate.errors import ModelNotFoundError, TaskCancelledError
-from orchestrate.llm.backend import CompletionRequest, create_backend
+from orchestrate.llm.backend import CompletionRequest
 from orchestrate.llm.embedded import (
     BUNDLED_NAME,
     EmbeddedBackend,
@@ -29,6 +29,13 @@ from orchestrate.llm.embedded import (
 )
 
 pytestmark = pytest.mark.embedded
+# Pinned, so that these tests mean the same where llama-cpp-python is installed.
+ON_TRANSFORMERS = EngineOptions(engine="transformers")
+
+
+def transformers_backend(models_dir: Path, folder: Path | None = None) -> EmbeddedBackend:
+    source = locate_embedded_model(BUNDLED_NAME, override=folder)
+    return EmbeddedBackend(f"embedded:{BUNDLED_NAME}", source, models_dir, options=ON_TRANSFORMERS)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +45,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def backend(models_dir: Path):
-    embedded = create_backend(f"embedded:{BUNDLED_NAME}", models_dir=models_dir)
+    embedded = transformers_backend(models_dir)
     embedded.prepare()
     return embedded
 
@@ -134,9 +141,7 @@ def test_a_build_through_the_cli_on_the_embedded_model(
 def test_a_model_folder_can_replace_the_bundled_weights(backend, models_dir: Path) -> None:
     [converted] = [path for path in models_dir.iterdir() if path.is_dir()]
 
-    folder_backend = create_backend(
-        f"embedded:{BUNDLED_NAME}", models_dir=models_dir, embedded_model=converted
-    )
+    folder_backend = transformers_backend(models_dir, converted)
 
     assert not locate_embedded_model(BUNDLED_NAME, override=converted).is_gguf
     assert ask(folder_backend, "Name a color.") == ask(backend, "Name a color.")
@@ -149,8 +154,11 @@ def test_a_process_that_generated_exits_with_its_own_status(backend, models_dir:
         f"""
         import sys
         from pathlib import Path
-        from orchestrate.llm.backend import CompletionRequest, create_backend
-        embedded = create_backend("embedded:{BUNDLED_NAME}", models_dir=Path({str(models_dir)!r}))
+        from orchestrate.llm.backend import CompletionRequest
+        from orchestrate.llm.embedded import EmbeddedBackend, EngineOptions, locate_embedded_model
+        source = locate_embedded_model("{BUNDLED_NAME}", override=None)
+        options = EngineOptions(engine="transformers")
+        embedded = EmbeddedBackend("x", source, Path({str(models_dir)!r}), options=options)
         request = CompletionRequest([{{"role": "user", "content": "Hi"}}], "test", 4)
         embedded.complete(request)
         sys.exit(3)

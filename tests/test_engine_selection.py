@@ -1,17 +1,21 @@
 """Which engine runs an embedded model, and at what precision, without loading one.
 
-llama-cpp-python is never installed here; its presence is simulated by patching
-``importlib.util.find_spec``, the one probe ``llama_cpp_installed`` uses.
+Whether llama-cpp-python is installed is simulated by patching
+``importlib.util.find_spec``, the one probe ``llama_cpp_installed`` uses, so these tests
+mean the same with and without it.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import REPO
 from orchestrate.errors import ModelNotFoundError
 from orchestrate.llm import embedded
 from orchestrate.llm.embedded import (
@@ -19,7 +23,6 @@ from orchestrate.llm.embedded import (
     EngineOptions,
     ModelSource,
     choose_engine,
-    llama_cpp_installed,
     resolve_precision,
 )
 
@@ -51,7 +54,10 @@ def pretend_llama_cpp(monkeypatch: pytest.MonkeyPatch, installed: bool) -> None:
 
 
 def test_llama_cpp_is_not_part_of_the_default_install() -> None:
-    assert not llama_cpp_installed()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+    assert not any("llama-cpp" in requirement for requirement in project["dependencies"])
+    assert any("llama-cpp-python" in extra for extra in project["optional-dependencies"]["llama"])
 
 
 def test_without_llama_cpp_gguf_models_run_on_transformers(
@@ -104,8 +110,12 @@ def test_the_engine_and_precision_are_part_of_the_cache_identity(
     assert fp16.endswith(":fp16") and int8.endswith(":int8") and llama.endswith(":llama.cpp")
 
 
-def test_llama_cpp_loading_without_the_package_says_how_to_install(tmp_path: Path) -> None:
+def test_llama_cpp_loading_without_the_package_says_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from orchestrate.llm.llamacpp_backend import LlamaCppModel
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if not installed
 
     with pytest.raises(ModelNotFoundError, match="llama-cpp-python is not installed"):
         LlamaCppModel.load(tmp_path / "model.gguf", 2048)

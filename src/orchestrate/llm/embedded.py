@@ -237,10 +237,10 @@ class EmbeddedBackend:
         # Decoding settings, the engine, the weights' precision and an adapter change
         # the answer, so they belong to it too.
         identity = f"{self._name}:{self._source.cache_key()}:rp{REPETITION_PENALTY}"
+        identity += f":prefill{PREFILL_VERSION}"
         if self.engine == "llama":
             identity += ":llama.cpp"
         else:
-            identity += f":prefill{PREFILL_VERSION}"
             precision = resolve_precision(self.options.precision, default_device())
             if precision != "fp32":
                 identity += f":{precision}"
