@@ -47,6 +47,7 @@ from orchestrate.llm.embedded import (
     REPETITION_PENALTY,
     EngineOptions,
     LoadedModel,
+    choose_engine,
     llama_cpp_installed,
     locate_embedded_model,
     model_folder,
@@ -395,7 +396,11 @@ def main() -> None:
         print(llama_figure(tokens))
         if build_count:
             max_tokens = 160 if args.quick else 200
-            print(f"builds (design + implement only, max {max_tokens} tokens, temperature 0.7):")
+            engine = choose_engine(locate_embedded_model("smollm2-135m", override=None), default)
+            print(
+                f"builds on the {engine} engine (design + implement only, max {max_tokens} "
+                "tokens, temperature 0.7):"
+            )
             LoadedModel._instances.clear()
             succeeded, repaired, strict, compiles = builds(home, build_count, max_tokens)
             print(
