@@ -92,3 +92,12 @@ def test_a_file_task_answer_starts_as_a_file_block(model: Any) -> None:
 
     assert answer.text.startswith("FILE: todo/cli.py\n```python\n")
     assert 0 < answer.completion_tokens <= 16  # the prefill is the prompt's, not the answer's
+
+
+def test_the_lease_covers_the_weights_and_a_full_kv_cache(model: Any) -> None:
+    path = locate_embedded_model(BUNDLED_NAME, override=None).path
+    weights_mib = path.stat().st_size / 1024**2
+    # SmolLM2-135M: 30 layers x 3 key/value heads x 64 dims, f16, 4096 positions.
+    cache_mib = 4096 * 2 * 30 * 3 * 64 * 2 / 1024**2
+
+    assert model.lease_mib == int((weights_mib + cache_mib) * 1.25)

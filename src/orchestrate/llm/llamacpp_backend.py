@@ -1,10 +1,11 @@
 """The embedded model on llama.cpp, when the optional ``llama-cpp-python`` is installed.
 
-llama.cpp runs a GGUF file as it is (no conversion, quantised kernels) and is about
-three times faster than transformers on a CPU, but ``pip install llama-cpp-python``
-compiles it (~10 minutes on two cores), so it is the ``llama`` extra, never a default
-dependency. ``embedded.choose_engine`` picks it for GGUF models when the package can
-be imported; this module imports it only when a model is loaded.
+llama.cpp runs a GGUF file as it is (no conversion, quantised kernels) and answers a
+single request about twice as fast as our decoder on a CPU (it does not batch), but
+``pip install llama-cpp-python`` compiles it (5-10 minutes on two cores), so it is the
+``llama`` extra, never a default dependency. ``embedded.choose_engine`` picks it for
+GGUF models when the package can be imported; this module imports it only when a
+model is loaded.
 
 Prompts are written with the GGUF's own chat template, so that a file task's answer
 can be started for the model (``embedded.answer_prefill``) as on the transformers
@@ -97,8 +98,7 @@ class LlamaCppModel:
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelNotFoundError(f"llama.cpp cannot load {path}: {exc}") from exc
         window = min(context_window, int(llama.n_ctx()))
-        lease = max(1, int(path.stat().st_size * 1.25) // 1024**2)
-        model = cls(llama, window, lease)
+        model = cls(llama, window, _lease_mib(path, llama.metadata, window))
         model.load_seconds = time.perf_counter() - started
         return model
 
@@ -192,3 +192,18 @@ def decoding_threads() -> int:
 
 def _token_text(llama: Any, token: int) -> str:
     return "" if token < 0 else llama.detokenize([token], special=True).decode(errors="ignore")
+
+
+def _lease_mib(path: Path, metadata: dict[str, str], window: int) -> int:
+    """The file's weights and an f16 KV cache (llama.cpp's default) full to the window,
+    plus a quarter for the compute buffers."""
+    architecture = metadata.get("general.architecture", "llama")
+
+    def number(key: str, default: int) -> int:
+        return int(metadata.get(f"{architecture}.{key}", default))
+
+    heads = number("attention.head_count", 1)
+    head_dim = number("embedding_length", 0) // max(heads, 1)
+    per_position = 2 * number("block_count", 0) * number("attention.head_count_kv", heads)
+    cache = window * per_position * head_dim * 2
+    return max(1, int((path.stat().st_size + cache) * 1.25) // 1024**2)
