@@ -446,8 +446,8 @@ class TransformersDecoder:
 def with_precision(model: Any, precision: WeightPrecision) -> Any:
     """A transformers model with its Linear weights in ``precision`` (on its device).
 
-    fp16 and int8 are fbgemm's dynamic quantisation, CPU techniques; on a GPU they
-    fall back to bf16.
+    On a CPU fp16 and int8 are fbgemm's dynamic quantisation; on a GPU fp16 is native
+    half precision and int8 falls back to bf16, as in ``projection``.
     """
     import torch
 
@@ -463,5 +463,5 @@ def with_precision(model: Any, precision: WeightPrecision) -> Any:
             return torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
                 model, {torch.nn.Linear: qconfig}, inplace=False
             )
-    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    dtype = {"fp32": torch.float32, "fp16": torch.float16}.get(precision, torch.bfloat16)
     return model.to(dtype=dtype)

