@@ -38,6 +38,7 @@ from orchestrate.observe.timeline import (
     build_timeline,
     tick_label,
 )
+from orchestrate.qa.records import RepairRecord
 from orchestrate.store.events import Event, EventType
 from orchestrate.store.runs import RunFolder, RunRecord, RunStatus, TaskRecord
 from orchestrate.store.usage import UsageTotals, run_events, usage_by
@@ -87,6 +88,7 @@ def render_report(
         _tasks_section(run),
         _usage_section(run),
         _files_section(run),
+        _checks_section(run),
         _review_section(run),
         _footer(run),
     )
@@ -820,9 +822,78 @@ def _findings(findings: object) -> str:
     return "; ".join(described)
 
 
+def _checks_section(run: _Run) -> Html | None:
+    """Every round of sandboxed checks: counts, failures, repairs, and what contained it."""
+    qa = run.record.qa
+    if qa is None or not qa.rounds:
+        return None
+    rows = [
+        [
+            entry.number,
+            entry.kind,
+            _pill(entry.checks.status, _CHECK_STATES.get(entry.checks.status, "none")),
+            entry.checks.passed,
+            entry.checks.failed,
+            entry.checks.errors,
+            len(entry.checks.compile_errors),
+            ", ".join(entry.checks.limits_hit) or "-",
+            _duration(entry.checks.seconds),
+            _repair_note(entry.repair),
+        ]
+        for entry in qa.rounds
+    ]
+    header = ["Round", "Kind", "Status", "Passed", "Failed", "Errors", "Don't compile"]
+    header += ["Limits hit", "Time", "Repair"]
+    parts: list[Html | None] = [
+        tag("h2", "Sandboxed checks"),
+        tag(
+            "p",
+            f"At most {qa.repair_rounds_allowed} repair round(s) after a failure.",
+            class_="muted",
+        ),
+        _table(header, rows, numeric=(0, 3, 4, 5, 6)),
+    ]
+    for entry in qa.rounds:
+        problems = entry.checks.compile_errors + entry.checks.failures
+        if problems:
+            parts.append(tag("p", f"Round {entry.number}:"))
+            parts.append(tag("ul", *(tag("li", tag("code", line)) for line in problems)))
+    last = qa.rounds[-1].checks
+    if last.confinement is not None:
+        confinement = last.confinement
+        removed = ", ".join(confinement.environment_removed) or "none found"
+        notes = [
+            f"Network: {confinement.network}.",
+            f"Files: {confinement.filesystem}.",
+            f"Processes: {confinement.processes}.",
+            f"Secret-looking variables withheld: {removed}.",
+        ]
+        parts.append(tag("ul", *(tag("li", note) for note in notes), class_="muted"))
+    if last.output_tail.strip():
+        excerpt = last.output_tail.strip()[-EXCERPT_CHARS:]
+        parts.append(tag("p", "Output of the last round (its end):", class_="muted"))
+        parts.append(tag("pre", excerpt, class_="answer"))
+    return tag("section", *parts, id="checks")
+
+
+_CHECK_STATES = {"passed": "succeeded", "failed": "failed", "no_tests": "skipped"}
+
+
+def _repair_note(repair: RepairRecord | None) -> str:
+    if repair is None:
+        return "-"
+    if repair.error:
+        return f"{repair.agent}: {repair.error}"
+    return f"{repair.agent} wrote {', '.join(repair.files)}"
+
+
 def _review_section(run: _Run) -> Html:
     verdict = run.record.verdict
     parts: list[Html | None] = [tag("h2", "Review"), tag("p", "Verdict: ", _verdict_pill(verdict))]
+    if run.record.requested_changes:
+        changes = (tag("li", change) for change in run.record.requested_changes)
+        parts.append(tag("p", "Changes requested:"))
+        parts.append(tag("ol", *changes))
     if run.review is None:
         parts.append(tag("p", "The critic left no answer in this run.", class_="muted"))
     else:
