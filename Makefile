@@ -8,16 +8,17 @@ STAMP := $(VENV)/.installed
 DEMO_SPEC ?= examples/specs/notes-api.md
 DEMO_OUT ?= demo-output
 
-SYSTEM_TOOLS := prometheus promtool prometheus-pushgateway chromium
-SYSTEM_PACKAGES := prometheus prometheus-pushgateway chromium
+SYSTEM_TOOLS := prometheus promtool prometheus-pushgateway chromium bwrap
+SYSTEM_PACKAGES := prometheus prometheus-pushgateway chromium bubblewrap
 
 .PHONY: install system-packages demo test lint typecheck bench clean
 
 install: $(STAMP)
 
 # Tests of the monitoring stack and the run report need Debian's Prometheus, Pushgateway
-# and Chromium. Installed when we can (root with apt-get); otherwise those tests skip and
-# say what to install (under CI=true they fail instead).
+# and Chromium; the QA sandbox uses bubblewrap. Installed when we can (root with
+# apt-get); otherwise those tests skip and say what to install (under CI=true they fail
+# instead).
 system-packages:
 	@missing=""; for tool in $(SYSTEM_TOOLS); do \
 		command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \

@@ -31,7 +31,9 @@ def test_scripted_build_writes_the_project_and_records_the_run(isolated: Path) -
     run_dir = Path(result["run_dir"])
     assert sorted(p.name for p in (run_dir / "tasks").iterdir()) == [
         f"{task}.md"
-        for task in sorted(["design", "implement", "deploy", "test", "document", "review"])
+        for task in sorted(
+            ["design", "implement", "deploy", "test", "document", "checks", "review"]
+        )
     ]
     assert (run_dir / "outputs" / "todo.py").read_text().startswith('"""A tiny todo list')
     assert (isolated / "out" / "tests" / "test_todo.py").is_file()

@@ -59,7 +59,15 @@ def test_show_json_is_the_stored_record(finished_run: str) -> None:
     record = json.loads(runner.invoke(app, ["show", finished_run, "--json"]).stdout)
 
     assert record["id"] == finished_run
-    assert set(record["tasks"]) == {"design", "implement", "deploy", "test", "document", "review"}
+    assert set(record["tasks"]) == {
+        "design",
+        "implement",
+        "deploy",
+        "test",
+        "document",
+        "checks",
+        "review",
+    }
 
 
 def test_tail_prints_every_event(finished_run: str) -> None:
@@ -84,7 +92,9 @@ def test_graph_prints_levels_critical_path_and_mermaid(isolated: Path) -> None:
 
     assert "2. implement, deploy" in text
     assert "3. test, document" in text
-    assert "design -> implement -> test -> review" in text
+    assert "4. checks" in text
+    assert "design -> implement -> test -> checks -> review" in text
+    assert "checks       sandbox" in text
     assert mermaid.startswith("graph TD")
     assert "design ==> implement" in mermaid
     assert "design --> deploy" in mermaid

@@ -50,8 +50,9 @@ def test_bundled_crew_contexts():
     assert source == default_crew_file()
     contexts = {name: task.context for name, task in crew.tasks.items()}
     assert contexts == BUNDLED_CREW_CONTEXTS
-    assert set(graph.tasks) == set(contexts)
-    assert graph.dependencies("review") == ("implement", "test", "deploy", "document")
+    assert set(graph.tasks) == {*contexts, "checks"}  # the QA stage's node
+    assert graph.dependencies("checks") == ("test",)
+    assert graph.dependencies("review") == ("implement", "test", "deploy", "document", "checks")
 
 
 def test_bundled_crew_agents_and_output_files():

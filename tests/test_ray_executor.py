@@ -179,6 +179,9 @@ def test_the_scripted_crew_gives_the_same_outputs_and_events_as_locally(
     assert task_events(Path(ray_result["run_dir"])) == task_events(Path(local_result["run_dir"]))
     assert ray_result["prompt_tokens"] == local_result["prompt_tokens"]
     assert ray_result["completion_tokens"] == local_result["completion_tokens"]
+    for result, executor in ((local_result, "local"), (ray_result, "ray")):
+        record = json.loads((Path(result["run_dir"]) / "run.json").read_text())
+        assert record["executor"] == executor
 
 
 def test_a_worker_killed_mid_task_is_retried_and_the_run_completes(cluster: str, isolated: Path):

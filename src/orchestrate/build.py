@@ -11,7 +11,6 @@ they happen.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -19,25 +18,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from filelock import FileLock, Timeout
-
 from orchestrate.agents import run_crew_task, task_description
-from orchestrate.crew.config import CrewConfig, LoadedCrew
+from orchestrate.crew.config import CHECKS_TASK, CrewConfig, LoadedCrew
 from orchestrate.crew.spec import Spec
-from orchestrate.errors import RunInUseError, UnparseableOutputError
+from orchestrate.errors import (
+    OrchestrateError,
+    TaskCancelledError,
+    UnparseableOutputError,
+)
 from orchestrate.llm.adapter import CallRecord, OrchestrateLLM
 from orchestrate.llm.backend import Backend, Completion
 from orchestrate.llm.models import ModelRouter
 from orchestrate.llm.replay import TaskInputs
+from orchestrate.qa.records import CheckReport, QaRecord, QaRound, RepairRecord, Verdict
+from orchestrate.qa.verdict import parse_verdict
 from orchestrate.safety.guards import SafetyGuards
 from orchestrate.scheduler.executor import (
     DagExecutor,
     ExecutionListener,
     ScheduleOutcome,
     TaskAttempt,
+    describe_error,
 )
 from orchestrate.scheduler.lifecycle import TaskState
 from orchestrate.scheduler.policy import TaskPolicy
+from orchestrate.scheduler.ray_tasks import ModelEvent, RemoteRequest
 from orchestrate.store.checkpoint import Checkpoint, FinishedTask
 from orchestrate.store.events import Event, EventLog, EventType, utc_now
 from orchestrate.store.history import DurationHistory, task_weights
@@ -47,13 +52,11 @@ from orchestrate.workspace.outputs import OutputWriter
 if TYPE_CHECKING:
     from orchestrate.memory.recall import RunMemory
     from orchestrate.memory.store import Memory
+    from orchestrate.scheduler.ray_executor import RayTasks
 
 logger = logging.getLogger(__name__)
 
 EXIT_CODES = {RunStatus.SUCCEEDED: 0, RunStatus.FAILED: 1, RunStatus.INTERRUPTED: 130}
-_VERDICT = re.compile(
-    r"verdict\W{0,6}(approve[sd]?|request[\s_-]*changes|reject(?:ed)?)", re.IGNORECASE
-)
 
 
 class BuildObserver(Protocol):
@@ -130,7 +133,7 @@ class BuildRun(ExecutionListener):
         self.models = models if isinstance(models, ModelRouter) else ModelRouter.single(models)
         self.cancel = threading.Event()
         self._lock = threading.Lock()
-        self._run_lock = _claim(folder)
+        self._run_lock = folder.claim()
         self.checkpoint = Checkpoint(folder.checkpoint_path)
         self.events = EventLog(folder.events_path)
         if observer is not None:
@@ -145,6 +148,8 @@ class BuildRun(ExecutionListener):
         # A resumed run's makespan adds up its sessions, not the idle time between them.
         self._earlier_seconds = record.seconds or 0.0
         self._memory = self._open_memory()
+        # Set by the CLI for --executor ray: attempts then run as Ray tasks.
+        self.remote: RayTasks | None = None
 
     @classmethod
     def start(
@@ -227,7 +232,7 @@ class BuildRun(ExecutionListener):
 
     def estimated_seconds(self) -> dict[str, float]:
         """Each task's expected duration, learned from earlier runs (1.0 each without)."""
-        task_agents = {name: task.agent for name, task in self.crew.tasks.items()}
+        task_agents = self.crew.task_agents()
         known = {}
         if self._history is not None:
             known = self._history.estimates(sorted(set(task_agents.values())), self.record.model)
@@ -235,17 +240,22 @@ class BuildRun(ExecutionListener):
 
     def _announce(self) -> None:
         event = EventType.RUN_RESUMED if self.record.resumes else EventType.RUN_STARTED
+        self.record.executor = "ray" if self.remote is not None else "local"
+        self.folder.save(self.record)
         self.events.emit(
             event,
             run=self.run_id,
             spec=self.record.spec_title,
             model=self.options.model,
             workers=self.options.workers,
+            executor=self.record.executor,
             tasks=list(self.graph.tasks),
             finished=self.finished_tasks,
         )
 
     def _run_task(self, attempt: TaskAttempt) -> _Answer:
+        if attempt.task == CHECKS_TASK:
+            return self._run_checks(attempt)
         name = attempt.task
         task = self.crew.tasks[name]
         context = self._context_for(name)
@@ -258,18 +268,9 @@ class BuildRun(ExecutionListener):
             replayed = self._replay(name, inputs, usage)
             if replayed is not None:
                 return replayed
-        llm = OrchestrateLLM(
-            backend=self.models.for_agent(task.agent),
-            task=name,
-            agent=task.agent,
-            max_tokens=self.options.max_tokens,
-            temperature=self.options.temperature,
-            cancel=attempt.cancel,
-            on_call=lambda call: self._on_call(call, usage),
-            on_progress=self._progress_reporter(name),
-            read_cache=attempt.number == 1,
-            on_event=lambda kind, fields: self._on_model_event(name, kind, fields),
-        )
+        if self.remote is not None:  # the model runs on a Ray worker; the rest stays here
+            return self._run_remote(attempt, context, inputs, usage)
+        llm = self._llm(name, task.agent, attempt, usage)
         started = time.perf_counter()
         try:
             answer = run_crew_task(
@@ -287,6 +288,134 @@ class BuildRun(ExecutionListener):
             raise
         self._keep_for_replay(inputs, answer, usage)
         return _Answer(answer, time.perf_counter() - started, usage)
+
+    def _llm(self, task: str, agent: str, attempt: TaskAttempt, usage: _AttemptUsage) -> Any:
+        return OrchestrateLLM(
+            backend=self.models.for_agent(agent),
+            task=task,
+            agent=agent,
+            max_tokens=self.options.max_tokens,
+            temperature=self.options.temperature,
+            cancel=attempt.cancel,
+            on_call=lambda call: self._on_call(call, usage),
+            on_progress=self._progress_reporter(task),
+            read_cache=attempt.number == 1,
+            on_event=lambda kind, fields: self._on_model_event(task, kind, fields),
+        )
+
+    def _run_remote(
+        self, attempt: TaskAttempt, context: str, inputs: TaskInputs, usage: _AttemptUsage
+    ) -> _Answer:
+        """Carry out an attempt on Ray; its model calls are recorded here when it returns."""
+        if self.remote is None:
+            raise RuntimeError("no Ray executor is attached to this run")
+        name = attempt.task
+        task = self.crew.tasks[name]
+        request = RemoteRequest(
+            task_name=name,
+            attempt=attempt.number,
+            task=task,
+            agent=self.crew.agents[task.agent],
+            model=self.models.agent_models.get(task.agent, self.models.default_model),
+            spec_text=self.record.spec_text,
+            context=context,
+            max_tokens=self.options.max_tokens,
+            temperature=self.options.temperature,
+        )
+        started = time.perf_counter()
+        answer = self.remote.run(attempt, request, lambda item: self._on_remote(name, item, usage))
+        if not answer.strip():
+            raise UnparseableOutputError("the model returned an empty answer")
+        self._keep_for_replay(inputs, answer, usage)
+        return _Answer(answer, time.perf_counter() - started, usage)
+
+    def _on_remote(self, task: str, item: CallRecord | ModelEvent, usage: _AttemptUsage) -> None:
+        if isinstance(item, ModelEvent):
+            self._on_model_event(task, item.kind, item.fields)
+            return
+        self._on_call(item, usage)
+        progress = self._progress_reporter(task)
+        if progress is not None and item.completion_tokens:
+            progress(item.completion_tokens)
+
+    def _run_checks(self, attempt: TaskAttempt) -> _Answer:
+        """The QA stage: sandboxed checks of outputs/, with repair rounds between."""
+        from orchestrate.qa.stage import QaStage
+
+        checks = self.crew.checks
+        assert checks is not None  # the graph has a checks node only when it is set
+        usage = _AttemptUsage()
+        with self._lock:  # a retried or resumed stage starts its account afresh
+            self.record.qa = QaRecord(repair_rounds_allowed=checks.repair_rounds)
+            self.record.tasks[CHECKS_TASK].files = []
+        started = time.perf_counter()
+
+        def repair(number: int, report: CheckReport) -> RepairRecord:
+            return self._repair(attempt, usage, number, report)
+
+        stage = QaStage(checks, self.folder.outputs_dir, repair=repair, on_round=self._on_qa_round)
+        text = stage.run(attempt.cancel)
+        return _Answer(text, time.perf_counter() - started, usage)
+
+    def _repair(
+        self, attempt: TaskAttempt, usage: _AttemptUsage, number: int, report: CheckReport
+    ) -> RepairRecord:
+        """The repair agent's fix for a failed round, written to outputs/ at once."""
+        from orchestrate.qa.stage import project_sources, repair_task
+
+        checks = self.crew.checks
+        assert checks is not None and checks.repair_agent is not None
+        agent = checks.repair_agent
+        area = f"repair_{number}"  # its files are attributed to the round that wrote them
+        started = time.perf_counter()
+        try:
+            answer = run_crew_task(
+                repair_task(agent, report),
+                self.crew.agents[agent],
+                spec_text=self.record.spec_text,
+                context=project_sources(self.folder.outputs_dir),
+                llm=self._llm(CHECKS_TASK, agent, attempt, usage),
+            )
+        except TaskCancelledError:
+            raise
+        except OrchestrateError as exc:  # the round is lost, not the run
+            return RepairRecord(agent=agent, error=describe_error(exc))
+        self.folder.write_task_output(area, answer)
+        files = self.outputs.write_answer(area, answer, None)
+        with self._lock:
+            self.record.tasks[CHECKS_TASK].files.extend(files)
+        seconds = round(time.perf_counter() - started, 3)
+        error = None if files else "the answer carried no files"
+        return RepairRecord(agent=agent, files=files, seconds=seconds, error=error)
+
+    def _on_qa_round(self, qa_round: QaRound) -> None:
+        checks = qa_round.checks
+        with self._lock:
+            assert self.record.qa is not None
+            self.record.qa.rounds.append(qa_round)
+            self.folder.save(self.record)
+        self.events.emit(
+            EventType.CHECKS_RAN,
+            task=CHECKS_TASK,
+            round=qa_round.number,
+            kind=qa_round.kind,
+            status=checks.status,
+            passed=checks.passed,
+            failed=checks.failed,
+            errors=checks.errors,
+            compile_errors=len(checks.compile_errors),
+            limits_hit=checks.limits_hit,
+            seconds=checks.seconds,
+        )
+        if qa_round.repair is not None:
+            self.events.emit(
+                EventType.REPAIR_FINISHED,
+                task=CHECKS_TASK,
+                round=qa_round.number,
+                agent=qa_round.repair.agent,
+                files=qa_round.repair.files,
+                error=qa_round.repair.error,
+            )
 
     def _task_inputs(self, name: str, context: str) -> TaskInputs:
         task = self.crew.tasks[name]
@@ -341,9 +470,11 @@ class BuildRun(ExecutionListener):
 
     def _commit(self, name: str, answer: _Answer) -> None:
         """Make a task's result durable: its answer and files first, then the checkpoint."""
-        task = self.crew.tasks[name]
         self.folder.write_task_output(name, answer.text)
-        files = self.outputs.write_answer(name, answer.text, task.output_file)
+        if name == CHECKS_TASK:  # its account holds output, not files; repairs wrote theirs
+            files = list(self.record.tasks[name].files)
+        else:
+            files = self.outputs.write_answer(name, answer.text, self.crew.tasks[name].output_file)
         with self._lock:
             self._answers[name] = answer.text
             record = self.record.tasks[name]
@@ -363,10 +494,13 @@ class BuildRun(ExecutionListener):
                 finished_at=utc_now().isoformat(),
             )
         )
+        if name == CHECKS_TASK:
+            return
+        agent = self.crew.tasks[name].agent
         if self._history is not None and answer.usage.calls and not answer.usage.cached:
-            self._history.record(task.agent, self.record.model, answer.seconds)
+            self._history.record(agent, self.record.model, answer.seconds)
         if self._memory is not None:
-            self._memory.remember(name, task.agent, record.role, answer.text)
+            self._memory.remember(name, agent, record.role, answer.text)
 
     def _open_memory(self) -> RunMemory | None:
         if self.options.memory_dir is None:
@@ -409,7 +543,7 @@ class BuildRun(ExecutionListener):
         usage.cached += call.cached
         usage.prompt_tokens += call.prompt_tokens
         usage.completion_tokens += call.completion_tokens
-        task_model = self.models.for_agent(self.crew.tasks[call.task].agent).name
+        task_model = self.models.for_agent(call.agent).name
         usage.replayable &= call.error is None and call.model == task_model
         self.events.emit(
             EventType.LLM_CALL,
@@ -497,7 +631,11 @@ class BuildRun(ExecutionListener):
     def _finish(self, status: RunStatus, seconds: float) -> None:
         if self._memory is not None:  # before the run reads as finished to other processes
             interrupted = status is RunStatus.INTERRUPTED  # then it must stop promptly
-            self._memory.finish(self._verdict(), wait_seconds=5.0 if interrupted else None)
+            verdict = self._verdict()
+            self._memory.finish(
+                verdict.decision if verdict else None,
+                wait_seconds=5.0 if interrupted else None,
+            )
         with self._lock:
             record = self.record
             record.status = status
@@ -512,7 +650,9 @@ class BuildRun(ExecutionListener):
             record.critical_path = list(path.tasks)
             record.critical_path_seconds = round(path.length, 3)
             record.files = self.outputs.files()
-            record.verdict = self._verdict()
+            verdict = self._verdict()
+            record.verdict = verdict.decision if verdict else None
+            record.requested_changes = verdict.changes if verdict else []
             if self.options.out_dir is not None and record.files:
                 record.out_dir = str(self.outputs.copy_to(self.options.out_dir))
             self.folder.save(record)
@@ -540,27 +680,14 @@ class BuildRun(ExecutionListener):
         except Exception as exc:  # the run's results are saved already; the page is extra
             logger.warning("could not write %s/report.html: %s", self.folder.path, exc)
 
-    def _verdict(self) -> str | None:
+    def _verdict(self) -> Verdict | None:
+        """The critic's structured verdict, from its review."""
         for name, task in self.crew.tasks.items():
             if task.agent == "critic" and name in self._answers:
-                match = _VERDICT.search(self._answers[name])
-                if match:
-                    word = match.group(1).lower()
-                    return "approve" if word.startswith("approve") else "request_changes"
+                verdict = parse_verdict(self._answers[name])
+                if verdict is not None:
+                    return verdict
         return None
-
-
-def _claim(folder: RunFolder) -> FileLock:
-    """Hold the run's lock for as long as this process runs it."""
-    lock = FileLock(folder.path / ".lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise RunInUseError(
-            f"run {folder.run_id} is being run by another process; wait for it to finish "
-            f"or stop it first"
-        ) from None
-    return lock
 
 
 def _status_of(outcome: ScheduleOutcome) -> RunStatus:

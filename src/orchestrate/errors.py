@@ -17,8 +17,10 @@ that root once, prints its message on one line and exits with ``exit_code``::
     │       ├── BackendTimeoutError  the backend did not answer in time
     │       ├── RateLimitedError     the backend asked us to slow down (may say how long)
     │       ├── ServerError          the backend failed on its side (HTTP 5xx)
-    │       └── UnparseableOutputError  the answer could not be used (empty, malformed)
+    │       ├── UnparseableOutputError  the answer could not be used (empty, malformed)
+    │       └── WorkerLostError      the Ray worker or node running the task died under it
     ├── TaskTimeoutError             a task ran past its wall-clock limit
+    ├── RemoteTaskError              Ray could not run a task's code (not retried)
     ├── WriteRefusedError            a generated file was not written
     │   ├── UnsafePathError          its path or content could leave or harm the workspace
     │   └── SecretFoundError         it holds a secret and secrets are refused
@@ -127,12 +129,20 @@ class UnparseableOutputError(TransientError):
     """The answer came back but cannot be used (empty, or cut off mid-file)."""
 
 
+class WorkerLostError(TransientError):
+    """The Ray worker process or node running an attempt died; another may finish it."""
+
+
 class BackendRefusedError(BackendError):
     """The backend answered that the request itself is wrong: retrying will not help."""
 
 
 class TaskTimeoutError(OrchestrateError):
     """A task ran longer than its wall-clock limit and was cancelled."""
+
+
+class RemoteTaskError(OrchestrateError):
+    """Ray could not run a task's code on the cluster (it failed to load or to return)."""
 
 
 class WriteRefusedError(OrchestrateError):

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     runs_dir: Path = Field(Path("runs"), description="Where each run gets its folder.")
     model: str = Field(DEFAULT_MODEL, description="Model for every agent: BACKEND:NAME.")
     workers: int = Field(4, ge=1, le=64, description="Tasks that may run at the same time.")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="Where tasks run: local threads, or Ray tasks on a cluster."
+    )
+    ray_address: str | None = Field(
+        None, description="The Ray cluster to join (host:port or ray://); default: start one."
+    )
     crew_file: Path | None = Field(None, description="Crew YAML; default: the bundled crew.")
     embedded_model: Path | None = Field(
         None, description="A GGUF file or Hugging Face model folder for the embedded backend."

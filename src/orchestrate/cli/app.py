@@ -12,6 +12,7 @@ from orchestrate import __version__
 from orchestrate.cli import (
     budget_cmd,
     build_cmd,
+    check_cmd,
     doctor_cmd,
     finetune_cmd,
     gpu_cmd,
@@ -50,6 +51,7 @@ def root(
 
 app.command("build")(build_cmd.build)
 app.command("resume")(build_cmd.resume)
+app.command("check")(check_cmd.check)
 app.command("runs")(runs_cmd.list_runs)
 app.command("show")(runs_cmd.show)
 app.command("tail")(runs_cmd.tail)

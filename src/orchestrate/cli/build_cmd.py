@@ -17,8 +17,15 @@ from orchestrate.cli.common import (
     console,
     err_console,
     format_seconds,
+    print_checks,
     reports_errors,
     styled_state,
+)
+from orchestrate.cli.executors import (
+    EXECUTOR_HELP,
+    RAY_ADDRESS_HELP,
+    join_cluster,
+    ray_tasks,
 )
 from orchestrate.cli.signals import stop_on_signals
 
@@ -26,11 +33,12 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from orchestrate.build import BuildOptions, BuildResult, BuildRun
-    from orchestrate.crew.config import CrewConfig, TaskConfig
+    from orchestrate.crew.config import CrewConfig, LoadedCrew
     from orchestrate.llm.models import ModelRouter
     from orchestrate.observe.telemetry import RunTelemetry
     from orchestrate.safety.guards import SafetyGuards
     from orchestrate.settings import Settings
+    from orchestrate.store.runs import RunRecord
 
 
 @reports_errors
@@ -80,8 +88,27 @@ def build(
         metavar="DIR",
         help="A LoRA adapter (from orchestrate finetune) loaded on the embedded model.",
     ),
+    executor: str | None = typer.Option(
+        None, "--executor", metavar="local|ray", help=EXECUTOR_HELP
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", metavar="ADDRESS", help=RAY_ADDRESS_HELP
+    ),
+    no_qa_run: bool = typer.Option(
+        False, "--no-qa-run", help="Do not run the generated project's checks in the sandbox."
+    ),
+    repair_rounds: int | None = typer.Option(
+        None,
+        "--repair-rounds",
+        min=0,
+        max=10,
+        help="Repair rounds when the generated checks fail (default: the crew's, 1).",
+    ),
 ) -> None:
     """Build a project from SPEC with the crew, running independent tasks in parallel.
+
+    After the tests are written, the project's checks run in a sandbox; failures go back
+    to the developer for repair rounds, and the results to the critic.
 
     Example: orchestrate build examples/specs/notes-api.md --workers 3 --out ./notes
     """
@@ -91,12 +118,25 @@ def build(
     from orchestrate.settings import load_settings
 
     if resume is not None:
-        if spec is not None or crew is not None:
+        if spec is not None or crew is not None or no_qa_run or repair_rounds is not None:
             raise UserInputError(
-                "--resume continues a run with its own spec and crew; drop SPEC and --crew"
+                "--resume continues a run with its own spec, crew and checks; drop SPEC, "
+                "--crew, --no-qa-run and --repair-rounds"
             )
         exits = _Exits(metrics_port, pushgateway, json_output)
-        _resume(resume, model, workers, out, fail_fast, no_cache, exits, adapter, no_memory)
+        _resume(
+            resume,
+            model,
+            workers,
+            out,
+            fail_fast,
+            no_cache,
+            exits,
+            adapter,
+            no_memory,
+            executor=executor,
+            ray_address=ray_address,
+        )
         return
     if spec is None:
         raise UserInputError("give a SPEC (text or a file), or --resume RUN_ID")
@@ -109,14 +149,17 @@ def build(
         metrics_port=metrics_port,
         pushgateway=pushgateway,
         embedded_adapter=adapter,
+        executor=executor,
+        ray_address=ray_address,
     )
     _check_out(out)
     _check_adapter(settings, adapter)
     configure_logging(settings.log_level)
+    join_cluster(settings)  # before the run folder exists: a bad cluster leaves no run
     with _telemetry(settings, use_cache=not no_cache, quiet=json_output) as telemetry:
         the_spec = load_spec(spec)
         try:
-            loaded_crew = load_crew(settings.crew_file)
+            loaded_crew = _with_checks(load_crew(settings.crew_file), no_qa_run, repair_rounds)
         except CrewError as exc:
             telemetry.crew_rejected(exc)
             raise
@@ -126,8 +169,10 @@ def build(
         from orchestrate.build import BuildRun
 
         options = _options(settings, out, fail_fast, no_memory=no_memory)
-        view = _progress_view(loaded_crew.config.tasks, quiet=json_output)
+        view = _progress_view(loaded_crew.config.task_agents(), quiet=json_output)
+        remote = ray_tasks(settings, models, guards)
         run = BuildRun.start(the_spec, loaded_crew, models, options, observer=view, guards=guards)
+        run.remote = remote
         _execute(run, view, json_output, telemetry, models.models)
 
 
@@ -163,6 +208,12 @@ def resume(
         metavar="DIR",
         help="A LoRA adapter for the embedded model (default: the one the run started with).",
     ),
+    executor: str | None = typer.Option(
+        None, "--executor", metavar="local|ray", help=EXECUTOR_HELP
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", metavar="ADDRESS", help=RAY_ADDRESS_HELP
+    ),
 ) -> None:
     """Finish an interrupted or failed run: tasks that finished keep their results.
 
@@ -178,6 +229,8 @@ def resume(
         _Exits(metrics_port, pushgateway, json_output),
         adapter,
         no_memory=no_memory,
+        executor=executor,
+        ray_address=ray_address,
     )
 
 
@@ -200,6 +253,9 @@ def _resume(
     exits: _Exits,
     adapter: Path | None = None,
     no_memory: bool = False,
+    *,
+    executor: str | None = None,
+    ray_address: str | None = None,
 ) -> None:
     from orchestrate.settings import load_settings
     from orchestrate.store.runs import RunStatus, RunStore
@@ -218,10 +274,13 @@ def _resume(
         metrics_port=exits.metrics_port,
         pushgateway=exits.pushgateway,
         embedded_adapter=adapter or (Path(record.adapter) if record.adapter else None),
+        executor=executor,
+        ray_address=ray_address,
     )
     _check_out(out)
     _check_adapter(settings, adapter)
     configure_logging(settings.log_level)
+    join_cluster(settings)
     with _telemetry(settings, use_cache=not no_cache, quiet=exits.json_output) as telemetry:
         crew = record.crew_config()
         models, guards = _prepare_models(
@@ -229,10 +288,28 @@ def _resume(
         )
         from orchestrate.build import BuildRun
 
-        view = _progress_view(crew.tasks, quiet=exits.json_output)
+        view = _progress_view(crew.task_agents(), quiet=exits.json_output)
         options = _options(settings, out, fail_fast, no_memory=no_memory)
+        remote = ray_tasks(settings, models, guards)
         run = BuildRun.resume(folder, models, options, observer=view, guards=guards)
+        run.remote = remote
         _execute(run, view, exits.json_output, telemetry, models.models)
+
+
+def _with_checks(crew: LoadedCrew, no_qa_run: bool, repair_rounds: int | None) -> LoadedCrew:
+    """The crew with its QA stage as the flags want it: off, or with N repair rounds."""
+    from orchestrate.errors import CrewError
+
+    config = crew.config
+    if no_qa_run:
+        config = config.without_checks()
+    elif repair_rounds is not None:
+        if config.checks is None:
+            raise CrewError(
+                f"--repair-rounds needs a crew with a 'checks' section; {crew.source} has none"
+            )
+        config = config.with_repair_rounds(repair_rounds)
+    return crew._replace(config=config, graph=config.graph())
 
 
 def _check_out(out: Path | None) -> None:
@@ -369,14 +446,14 @@ def _execute(
     raise typer.Exit(result.exit_code)
 
 
-def _progress_view(tasks: Mapping[str, TaskConfig], *, quiet: bool) -> Any:
+def _progress_view(agents: Mapping[str, str], *, quiet: bool) -> Any:
+    """The live table on a terminal, a plain log otherwise; ``agents`` maps task to agent."""
     from orchestrate.cli.live import LiveTable, PlainLog
 
-    agents = {name: task.agent for name, task in tasks.items()}
     if quiet:
         return _Silent()
     if err_console.is_terminal:
-        return LiveTable(err_console, agents)
+        return LiveTable(err_console, dict(agents))
     return PlainLog(err_console)
 
 
@@ -414,6 +491,8 @@ def _result_json(result: BuildResult) -> dict[str, Any]:
         "cached_calls": record.cached_calls,
         "cost": round(record.cost, 6),
         "verdict": record.verdict,
+        "requested_changes": record.requested_changes,
+        "checks": _checks_json(record),
         "failure": record.failure,
         "resumes": record.resumes,
         "tasks": {
@@ -427,6 +506,20 @@ def _result_json(result: BuildResult) -> dict[str, Any]:
             }
             for name, task in record.tasks.items()
         },
+    }
+
+
+def _checks_json(record: RunRecord) -> dict[str, Any] | None:
+    if record.qa is None or record.qa.last is None:
+        return None
+    last = record.qa.last
+    return {
+        "status": last.status,
+        "rounds": len(record.qa.rounds),
+        "passed": last.passed,
+        "failed": last.failed,
+        "errors": last.errors,
+        "compile_errors": len(last.compile_errors),
     }
 
 
@@ -455,8 +548,11 @@ def _print_summary(result: BuildResult) -> None:
             console.print(f"  {name}: {styled_state(task.state)} - {task.reason}", highlight=False)
     if record.failure:
         console.print(f"  [red]root cause[/]: {record.failure}", highlight=False)
+    print_checks(console, record)
     if record.verdict:
         console.print(f"  critic verdict: {record.verdict}")
+        for change in record.requested_changes:
+            console.print(f"    - {change}", highlight=False)
     console.print(f"  run folder: {result.folder.path}", highlight=False)
     console.print(f"  report: {result.folder.path / 'report.html'}", highlight=False)
     if record.status.value != "succeeded":

@@ -6,13 +6,16 @@ import functools
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
 from orchestrate.errors import OrchestrateError
+
+if TYPE_CHECKING:
+    from orchestrate.store.runs import RunRecord
 
 console = Console()
 err_console = Console(stderr=True)
@@ -72,3 +75,16 @@ def format_seconds(seconds: float | None) -> str:
 
 def local_time(moment: datetime | None) -> str:
     return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
+
+
+def print_checks(console: Console, record: RunRecord) -> None:
+    """A line per round of sandboxed checks, and one per repair."""
+    if record.qa is None:
+        return
+    for qa_round in record.qa.rounds:
+        line = f"  checks, round {qa_round.number} ({qa_round.kind}): {qa_round.checks.summary()}"
+        console.print(line, highlight=False)
+        if qa_round.repair is not None:
+            repair = qa_round.repair
+            what = repair.error or f"wrote {', '.join(repair.files)}"
+            console.print(f"    repair by {repair.agent}: {what}", highlight=False)

@@ -30,14 +30,14 @@ def graph(
 
     settings = load_settings(model=model, crew_file=crew)
     crew_config, task_graph, source = load_crew(settings.crew_file)
-    task_agents = {name: task.agent for name, task in crew_config.tasks.items()}
+    task_agents = crew_config.task_agents()  # the QA stage's checks node included
     known = DurationHistory(settings.history_path).estimates(
         sorted(set(task_agents.values())), settings.model
     )
     weights = task_weights(task_agents, known)
     remaining = task_graph.remaining_path(weights)
 
-    labels = {name: f"{name}<br/>{task.agent}" for name, task in crew_config.tasks.items()}
+    labels = {name: f"{name}<br/>{agent}" for name, agent in task_agents.items()}
     chart = task_graph.to_mermaid(labels)
     if mermaid:
         typer.echo(chart)

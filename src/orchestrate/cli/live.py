@@ -214,8 +214,28 @@ def describe_event(event: dict[str, Any]) -> str:
     if kind == "block_problem":
         line = event.get("line")
         return f"{stamp} {task}: unreadable file block at line {line}: {event.get('reason')}"
+    if kind == "checks_ran":
+        return _describe_checks(stamp, event)
+    if kind == "repair_finished":
+        what = event.get("error") or f"wrote {', '.join(event.get('files') or []) or 'nothing'}"
+        return f"{stamp} {task}: repair {event.get('round')} by {event.get('agent')}: {what}"
     if kind == "error":
         return f"{stamp} error{f' in {task}' if task else ''}: {event.get('message')}"
     if kind == "run_finished":
         return f"{stamp} run {event.get('status')} in {event.get('seconds')}s"
     return f"{stamp} {kind}"
+
+
+def _describe_checks(stamp: str, event: dict[str, Any]) -> str:
+    counts = (
+        f"{event.get('passed')} passed, {event.get('failed')} failed, {event.get('errors')} errors"
+    )
+    broken = event.get("compile_errors")
+    if broken:
+        counts = f"{broken} files do not compile, " + counts
+    hit = event.get("limits_hit") or []
+    limit = f"; hit the {' and '.join(hit)} limit" if hit else ""
+    return (
+        f"{stamp} {event.get('task')}: round {event.get('round')} ({event.get('kind')}) "
+        f"{event.get('status')}: {counts}{limit}"
+    )

@@ -18,6 +18,7 @@ from orchestrate.cli.common import (
     console,
     format_seconds,
     local_time,
+    print_checks,
     reports_errors,
     styled_state,
 )
@@ -158,6 +159,9 @@ def show(
         f"{len(record.files)} files; verdict {record.verdict or '-'}",
         highlight=False,
     )
+    for change in record.requested_changes:
+        console.print(f"    change requested: {change}", highlight=False)
+    print_checks(console, record)
     if record.failure:
         console.print(f"  [red]root cause[/]: {record.failure}", highlight=False)
     if record.resumes:

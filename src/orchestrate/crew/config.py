@@ -26,10 +26,14 @@ from orchestrate.bundled import default_crew_file
 from orchestrate.crew.graph import TaskGraph
 from orchestrate.errors import CrewError, ModelNotFoundError, describe_validation_error
 from orchestrate.llm.backend import parse_model_name
+from orchestrate.qa.records import SandboxLimits
 from orchestrate.scheduler.policy import TaskPolicy
 from orchestrate.workspace.writer import UnsafePathError, check_relative_path
 
 SPEC_PLACEHOLDER = "{spec}"
+# The QA stage's node in the task graph: it runs the generated project's checks.
+CHECKS_TASK = "checks"
+CHECKS_AGENT = "sandbox"  # what the run record and the timeline call the stage's worker
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 NonEmptyText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
@@ -102,6 +106,25 @@ class TaskConfig(BaseModel):
         return f"{self.description}\n\nProject spec:\n{spec_text}"
 
 
+class ChecksConfig(BaseModel):
+    """The QA stage: run the generated project's checks in a sandbox, repair, re-check.
+
+    It becomes the ``checks`` node of the task graph: it waits for ``after`` (and so
+    for everything they read), and the ``before`` tasks (the critic's review) wait for
+    it and get its results as context.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    after: list[str] = Field(min_length=1)
+    before: list[str] = Field(default_factory=list)
+    # A shell command for projects that are not Python; None: byte-compile, then pytest.
+    command: str | None = None
+    repair_agent: str | None = None  # who fixes failing checks; None: no repair rounds
+    repair_rounds: int = Field(1, ge=0, le=10)
+    limits: SandboxLimits = Field(default_factory=SandboxLimits)
+
+
 class CrewConfig(BaseModel):
     """A whole crew, validated: every reference resolves and the contexts are acyclic."""
 
@@ -109,9 +132,36 @@ class CrewConfig(BaseModel):
 
     agents: dict[str, AgentConfig]
     tasks: dict[str, TaskConfig]
+    checks: ChecksConfig | None = None
 
     def graph(self) -> TaskGraph:
-        return TaskGraph({name: task.context for name, task in self.tasks.items()})
+        dependencies = {name: list(task.context) for name, task in self.tasks.items()}
+        if self.checks is not None:
+            dependencies[CHECKS_TASK] = list(self.checks.after)
+            for name in self.checks.before:
+                dependencies[name].append(CHECKS_TASK)
+        return TaskGraph(dependencies)
+
+    def task_agents(self) -> dict[str, str]:
+        """Who does each node of the graph, the checks stage included."""
+        agents: dict[str, str] = {}
+        for name, task in self.tasks.items():
+            if self.checks is not None and name in self.checks.before:
+                agents.setdefault(CHECKS_TASK, CHECKS_AGENT)  # listed before its readers
+            agents[name] = task.agent
+        if self.checks is not None:
+            agents.setdefault(CHECKS_TASK, CHECKS_AGENT)
+        return agents
+
+    def without_checks(self) -> CrewConfig:
+        """The same crew with no QA stage (``--no-qa-run``)."""
+        return self.model_copy(update={"checks": None})
+
+    def with_repair_rounds(self, rounds: int) -> CrewConfig:
+        if self.checks is None:
+            return self
+        checks = self.checks.model_copy(update={"repair_rounds": rounds})
+        return self.model_copy(update={"checks": checks})
 
     def models(self, default: str) -> dict[str, str]:
         """The model each agent talks to: its own, or ``default``."""
@@ -181,6 +231,8 @@ def _check_names_and_agents(crew: CrewConfig) -> None:
                     f"{kind} name '{name}' must be lowercase letters, digits and '_', "
                     f"starting with a letter (at most 40 characters)"
                 )
+    if crew.checks is not None:
+        _check_checks(crew, crew.checks)
     for name, task in crew.tasks.items():
         if task.agent not in crew.agents:
             known = ", ".join(sorted(crew.agents)) or "none defined"
@@ -188,3 +240,18 @@ def _check_names_and_agents(crew: CrewConfig) -> None:
                 f"task '{name}' is assigned to agent '{task.agent}', which is not defined "
                 f"(agents: {known})"
             )
+
+
+def _check_checks(crew: CrewConfig, checks: ChecksConfig) -> None:
+    if CHECKS_TASK in crew.tasks:
+        raise CrewError(
+            f"a task may not be named '{CHECKS_TASK}' in a crew with a 'checks' section; "
+            f"that name is the QA stage's"
+        )
+    for key in ("after", "before"):
+        for name in getattr(checks, key):
+            if name not in crew.tasks:
+                raise CrewError(f"checks.{key} names task '{name}', which is not defined")
+    agent = checks.repair_agent
+    if agent is not None and agent not in crew.agents:
+        raise CrewError(f"checks.repair_agent '{agent}' is not an agent of the crew")

@@ -157,11 +157,15 @@ def _run_examples(run_dir: Path, problems: list[str]) -> list[Example]:
     if record.get("verdict") != "approve":
         problems.append(f"{run_dir.name}: skipped, verdict {record.get('verdict')!r}")
         return []
+    from orchestrate.crew.config import CHECKS_TASK
+
     crew = _crew_of(record)
     spec_text = str(record.get("spec_text") or "")
     answers = _answers(run_dir, record["tasks"])
     examples = []
     for name in answers:
+        if name == CHECKS_TASK:
+            continue  # the sandbox's account of the checks, not a model's answer
         task = crew.tasks.get(name)
         if task is None or task.agent not in crew.agents:
             problems.append(f"{run_dir.name}/{name}: not in the run's crew, skipped")

@@ -181,6 +181,8 @@ def checked_source(path: Path, label: str) -> ModelSource:
 class EmbeddedModel(Protocol):
     """A loaded model: what the backend asks of the transformers or llama.cpp engine."""
 
+    lease_mib: int  # the device memory a generation leases
+
     def count_tokens(self, messages: list[ChatMessage]) -> int: ...
 
     def generate(
@@ -252,6 +254,11 @@ class EmbeddedBackend:
 
     def prepare(self) -> None:
         self._model()
+
+    @property
+    def lease_mib(self) -> int:
+        """The device memory each generation leases (loads the model to size it)."""
+        return self._model().lease_mib
 
     def complete(self, request: CompletionRequest) -> Completion:
         return self._model().generate(request, leases=self._leases, holder=self._name)

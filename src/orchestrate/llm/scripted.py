@@ -15,6 +15,10 @@ to raise, so a crew's behaviour and timing can be reproduced exactly::
         latency_seconds: 1.0
       devops:
         error: "simulated outage"   # a permanent failure, never retried
+      fullstack:
+        answers:                # successive calls get successive answers; the last repeats
+          - "first answer"
+          - "second answer"
       qa:
         answer: "..."
         fail_first: 2               # the first 2 calls fail transiently, then it answers
@@ -58,6 +62,7 @@ class ScriptedAnswer(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     answer: str | None = None
+    answers: list[str] | None = Field(None, min_length=1)
     error: str | None = None
     latency_seconds: float | None = Field(None, ge=0, le=3600)
     fail_first: int = Field(0, ge=0, le=1000)
@@ -68,9 +73,16 @@ class ScriptedAnswer(BaseModel):
 
     @model_validator(mode="after")
     def _answer_or_error(self) -> ScriptedAnswer:
-        if (self.answer is None) == (self.error is None):
-            raise ValueError("give exactly one of 'answer' or 'error'")
+        given = [self.answer, self.answers, self.error]
+        if sum(value is not None for value in given) != 1:
+            raise ValueError("give exactly one of 'answer', 'answers' or 'error'")
         return self
+
+    def text_for(self, call_number: int) -> str:
+        """The answer to the agent's ``call_number``-th call (counting from 1)."""
+        if self.answers is not None:
+            return self.answers[min(call_number, len(self.answers)) - 1]
+        return self.answer or ""
 
 
 class Script(BaseModel):
@@ -139,7 +151,7 @@ class ScriptedBackend:
             call_number = self._calls[request.agent]
         if scripted.error is not None:
             raise BackendError(scripted.error)
-        text = scripted.answer or ""
+        text = scripted.text_for(call_number)
         if call_number <= scripted.fail_first:
             text = _fail(scripted.failure, call_number)
         completion_tokens = _count_words(text)

@@ -66,7 +66,10 @@ class Sandbox:
         self._root = Path(tempfile.mkdtemp(prefix="orchestrate-sandbox-"))
         self.project = self._root / "project"
         self.scratch = self._root / "scratch"  # HOME and TMPDIR of the command
-        shutil.copytree(project, self.project, symlinks=True)
+        if project.is_dir():
+            shutil.copytree(project, self.project, symlinks=True)
+        else:  # a run that wrote no files has no outputs folder
+            self.project.mkdir()
         self.scratch.mkdir()
 
     def __enter__(self) -> Sandbox:

@@ -53,7 +53,7 @@ def build_guards(settings: Settings, models: Iterable[str] = ()) -> SafetyGuards
         lock_dir=settings.locks_dir,
         scanner=SecretScanner(settings.secret_mode),
         worker_limit=limiter.limit if limiter is not None else None,
-        spend_guard=SpendGuard(ledger, pricing, fallback=_fallback_factory(settings, pricing)),
+        spend_guard=SpendGuard(ledger, pricing, fallback=fallback_factory(settings, pricing)),
     )
 
 
@@ -68,7 +68,8 @@ def open_ledger(settings: Settings) -> BudgetLedger:
     )
 
 
-def _fallback_factory(settings: Settings, pricing: Pricing) -> Callable[[], Backend] | None:
+def fallback_factory(settings: Settings, pricing: Pricing) -> Callable[[], Backend] | None:
+    """What builds the free model that answers when the budget is spent; None: none."""
     fallback = settings.fallback_model
     if fallback is None:
         return None

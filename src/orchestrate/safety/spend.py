@@ -11,7 +11,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from orchestrate.errors import (
     BackendRefusedError,
@@ -25,7 +25,7 @@ from orchestrate.llm.backend import Backend, BackendLayer, Completion, Completio
 from orchestrate.safety.pricing import MICROS, Pricing
 
 if TYPE_CHECKING:
-    from orchestrate.safety.budget import BudgetLedger
+    from orchestrate.safety.budget import Reservation
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,19 @@ def may_have_been_billed(error: BaseException) -> bool:
         return True
     not_billed = (RateLimitedError, BackendRefusedError, CircuitOpenError, ServerError)
     return not isinstance(error, not_billed)
+
+
+class Ledger(Protocol):
+    """Where reservations are made: the machine's ``BudgetLedger``, or on a Ray worker
+    the ``RemoteLedger`` that asks the driver's (see ray_budget.py)."""
+
+    def reserve(
+        self, model: str, worst_case_micros: int, *, task: str | None = None
+    ) -> Reservation: ...
+
+    def settle(
+        self, reservation: Reservation, cost_micros: int, prompt_tokens: int, completion_tokens: int
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -55,7 +68,7 @@ class SpendGuard:
 
     def __init__(
         self,
-        ledger: BudgetLedger,
+        ledger: Ledger,
         pricing: Pricing,
         *,
         fallback: Callable[[], Backend] | None = None,

@@ -31,6 +31,8 @@ class EventType(StrEnum):
     FILE_CONFLICT = "file_conflict"  # path, winner, loser: two tasks wrote it, the later won
     SECRET_FOUND = "secret_found"  # task, path, action (redacted/refused), findings: kind+line
     BLOCK_PROBLEM = "block_problem"  # task, line, reason: a file block we could not read
+    CHECKS_RAN = "checks_ran"  # task, round, kind, status, passed/failed/errors, limits_hit
+    REPAIR_FINISHED = "repair_finished"  # task, round, agent, files, error: a repair round
     MEMORY_RECALLED = "memory_recalled"  # task, ids, runs, approved, tokens: earlier work given
     ERROR = "error"  # task (if any), message
     RUN_FINISHED = "run_finished"  # status, seconds, files, tokens

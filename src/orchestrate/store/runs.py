@@ -17,11 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from filelock import FileLock, Timeout
 from pydantic import BaseModel, Field, ValidationError
 
-from orchestrate.crew.config import CrewConfig, LoadedCrew
+from orchestrate.crew.config import CHECKS_AGENT, CrewConfig, LoadedCrew
 from orchestrate.crew.spec import Spec
-from orchestrate.errors import RunNotFoundError, SettingsError, describe_validation_error
+from orchestrate.errors import (
+    RunInUseError,
+    RunNotFoundError,
+    SettingsError,
+    describe_validation_error,
+)
+from orchestrate.qa.records import QaRecord
 from orchestrate.store.events import utc_now
 
 
@@ -65,6 +72,7 @@ class RunRecord(BaseModel):
     crew: dict[str, Any] = Field(default_factory=dict)  # the crew as it ran, agents and tasks
     model: str
     workers: int
+    executor: str = "local"  # where its tasks ran last: "local" threads or "ray"
     max_tokens: int | None = None
     temperature: float | None = None
     currency: str | None = None  # of every cost in the record; None in runs before it
@@ -79,7 +87,9 @@ class RunRecord(BaseModel):
     files: list[str] = Field(default_factory=list)
     refused_files: list[str] = Field(default_factory=list)
     out_dir: str | None = None
-    verdict: str | None = None
+    verdict: str | None = None  # the critic's: approve or request_changes
+    requested_changes: list[str] = Field(default_factory=list)  # the critic's list
+    qa: QaRecord | None = None  # every round of sandboxed checks and repairs
     failure: str | None = None  # the root cause, when the run failed
 
     @classmethod
@@ -97,6 +107,9 @@ class RunRecord(BaseModel):
         adapter: Path | None = None,
     ) -> RunRecord:
         """The record of a new run of ``crew`` on ``spec``: every task pending."""
+        graph = crew.config.graph()
+        roles = {name: agent.role for name, agent in crew.config.agents.items()}
+        roles[CHECKS_AGENT] = "Sandboxed checks"
         return cls(
             currency=currency,
             adapter=str(adapter) if adapter else None,
@@ -112,11 +125,9 @@ class RunRecord(BaseModel):
             temperature=temperature,
             tasks={
                 name: TaskRecord(
-                    agent=task.agent,
-                    role=crew.config.agents[task.agent].role,
-                    depends_on=list(task.context),
+                    agent=agent, role=roles[agent], depends_on=list(graph.dependencies(name))
                 )
-                for name, task in crew.config.tasks.items()
+                for name, agent in crew.config.task_agents().items()
             },
         )
 
@@ -135,6 +146,7 @@ class RunRecord(BaseModel):
         """
         self.status, self.pid, self.resumes = RunStatus.RUNNING, os.getpid(), self.resumes + 1
         self.ended_at = self.failure = self.verdict = None
+        self.requested_changes = []
         self.model, self.workers = model, workers
         self.adapter = str(adapter) if adapter else None
         for name, task in self.tasks.items():
@@ -213,6 +225,18 @@ class RunFolder:
             return RunRecord.model_validate_json(self.run_json.read_bytes())
         except (OSError, ValidationError) as exc:
             raise RunNotFoundError(f"run {self.run_id} has no readable run.json: {exc}") from exc
+
+    def claim(self) -> FileLock:
+        """Hold the run's lock for as long as this process works on it."""
+        lock = FileLock(self.path / ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise RunInUseError(
+                f"run {self.run_id} is being run by another process; wait for it to finish "
+                f"or stop it first"
+            ) from None
+        return lock
 
     def write_task_output(self, task: str, text: str) -> Path:
         self.tasks_dir.mkdir(exist_ok=True)
