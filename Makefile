@@ -69,6 +69,8 @@ bench: install
 	$(BIN)/python bench/finetune.py
 	$(BIN)/python bench/embedded.py --quick
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/sandbox.py
+	$(BIN)/python bench/executors.py
 
 clean:
 	rm -rf $(VENV) runs $(DEMO_OUT) .mypy_cache .ruff_cache .pytest_cache

@@ -87,12 +87,13 @@ def test_a_permanent_failure_is_not_retried_and_skips_exactly_its_dependents(
         "deploy": "succeeded",
         "test": "skipped",
         "document": "skipped",
+        "checks": "skipped",
         "review": "skipped",
     }
     assert result["tasks"]["implement"]["attempts"] == 1
     assert result["failure"] == (
         "task 'implement' failed: BackendError: invalid API key; "
-        "skipped because of it: test, document, review"
+        "skipped because of it: test, document, checks, review"
     )
 
 

@@ -85,6 +85,7 @@ def test_a_run_is_one_span_tree_with_genai_attributes(
         "deploy",
         "test",
         "document",
+        "checks",
     }
     assert all(s.parent.span_id == root.context.span_id for s in agents)
     deploy = next(s for s in agents if s.attributes["orchestrate.task"] == "deploy")

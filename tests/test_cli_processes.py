@@ -84,6 +84,7 @@ def test_a_signal_cancels_the_run_and_keeps_what_was_written(
         "deploy": "cancelled",
         "test": "cancelled",
         "document": "cancelled",
+        "checks": "cancelled",
         "review": "cancelled",
     }
     assert result["files"] == ["DESIGN.md"]

@@ -223,3 +223,26 @@ def test_the_verdict_is_read_leniently(answer: str, decision: str, changes: list
 
 def test_an_answer_without_a_verdict_has_none() -> None:
     assert parse_verdict("The code is fine, I think.") is None
+
+
+def test_a_hostile_generated_test_cannot_stop_the_build(isolated: Path, write_script) -> None:
+    canary = isolated / "canary.txt"
+    hostile = (
+        "FILE: tests/test_calc.py\n```python\nimport time\nfrom pathlib import Path\n\n\n"
+        f"def test_escape_then_hang():\n    Path({str(canary)!r}).write_text('escaped')\n\n\n"
+        "def test_hang():\n    while True:\n        time.sleep(1)\n```\n"
+    )
+    script = write_script(fullstack={"answer": FIXED}, qa={"answer": hostile})
+    crew = load_crew().config.model_dump()
+    crew["checks"]["limits"]["wall_seconds"] = 5
+    crew["checks"]["repair_rounds"] = 0
+    (isolated / "crew.yaml").write_text(json.dumps(crew))
+
+    code, result = build(str(EXAMPLE_SPEC), "--model", f"scripted:{script}", "--crew", "crew.yaml")
+
+    assert code == 0 and result["status"] == "succeeded"
+    assert not canary.exists()
+    (only,) = json.loads((Path(result["run_dir"]) / "run.json").read_text())["qa"]["rounds"]
+    assert only["checks"]["status"] == "failed"
+    assert only["checks"]["limits_hit"] == ["wall time"]
+    assert result["tasks"]["review"]["state"] == "succeeded"

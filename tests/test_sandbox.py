@@ -16,7 +16,7 @@ import pytest
 
 from conftest import require_tool
 from orchestrate.qa.checks import CheckPlan, run_checks
-from orchestrate.qa.isolation import namespaces
+from orchestrate.qa.isolation import Namespaces, namespaces
 from orchestrate.qa.records import CheckReport, SandboxLimits
 
 TIGHT = SandboxLimits(wall_seconds=20, cpu_seconds=5, memory_mib=512, file_mib=4, processes=32)
@@ -264,3 +264,18 @@ def test_a_crew_command_is_judged_by_its_exit_status(tmp_path: Path) -> None:
 
     assert (failed.status, failed.exit_code) == ("failed", 1)
     assert passed.status == "passed" and "checking" in passed.output_tail
+
+
+def test_without_bubblewrap_the_report_says_what_was_not_contained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = Namespaces(None, "bubblewrap (bwrap) is not installed")
+    monkeypatch.setattr("orchestrate.qa.sandbox.namespaces", lambda: missing)
+    root = project(tmp_path / "p", "def test_ok():\n    pass\n")
+
+    report = check(root)
+
+    assert report.status == "passed"
+    assert report.confinement is not None
+    assert report.confinement.network.startswith("NOT isolated (bubblewrap (bwrap) is not")
+    assert report.confinement.filesystem.startswith("NOT confined")

@@ -98,8 +98,11 @@ def test_name_and_count_tokens(tmp_path):
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ("agents:\n  a:\n    answer: x\n    error: y\n", "exactly one of 'answer' or 'error'"),
-        ("agents:\n  a: {}\n", "exactly one of 'answer' or 'error'"),
+        (
+            "agents:\n  a:\n    answer: x\n    error: y\n",
+            "exactly one of 'answer', 'answers' or 'error'",
+        ),
+        ("agents:\n  a: {}\n", "exactly one of 'answer', 'answers' or 'error'"),
         ("agents:\n  a:\n    answr: x\n", "agents.a.answr"),
         ("colour: red\n", "colour"),
         ("latency_seconds: -1\n", "latency_seconds"),

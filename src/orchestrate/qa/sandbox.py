@@ -128,7 +128,8 @@ class Sandbox:
             exit_code=None if process.returncode < 0 else process.returncode,
             timed_out=timed_out,
             limits_hit=limits_hit,
-            output_tail=tail.text(),
+            # Paths in tracebacks name the copy; say where it came from instead.
+            output_tail=tail.text().replace(str(self.project), "."),
             seconds=round(seconds, 3),
             confinement=confinement,
         )

@@ -8,6 +8,7 @@ Markdown account of every round, which the critic reads as context.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,9 @@ from orchestrate.store.events import utc_now
 _SOURCES_CHARS = 12_000  # of current source handed to the repair agent
 _TAIL_FOR_CRITIC = 1_500  # characters of the last round's output in the critic's context
 _TAIL_FOR_REPAIR = 3_000
+# pytest's "3 passed in 1.13s (0:00:01)": the time differs on every run, and a prompt
+# that differs is never answered from the response cache.
+_TIMINGS = re.compile(r"\s+in \d+(?:\.\d+)?s(?: \(\d+:\d{2}:\d{2}\))?")
 
 Repair = Callable[[int, CheckReport], RepairRecord]
 
@@ -69,7 +73,7 @@ class QaStage:
 def repair_task(agent: str, report: CheckReport) -> TaskConfig:
     """The task the repair agent gets: the failures, and how to answer."""
     failures = "\n".join(f"- {line}" for line in report.failures + report.compile_errors)
-    tail = report.output_tail[-_TAIL_FOR_REPAIR:]
+    tail = steady(report.output_tail)[-_TAIL_FOR_REPAIR:]
     description = (
         "The generated project's checks failed when run in a sandbox "
         f"({report.summary()}). Fix the code so that they pass.\n\n"
@@ -117,7 +121,7 @@ def describe_rounds(rounds: list[QaRound]) -> str:
     if last.confinement is not None:
         lines += ["", f"Sandbox: network {last.confinement.network}."]
     if last.output_tail.strip():
-        tail = last.output_tail[-_TAIL_FOR_CRITIC:].rstrip()
+        tail = steady(last.output_tail)[-_TAIL_FOR_CRITIC:].rstrip()
         lines += ["", "Output of the last round (its end):", "```text", tail, "```"]
     return "\n".join(lines) + "\n"
 
@@ -127,3 +131,8 @@ def _repair_line(number: int, repair: RepairRecord) -> str:
         return f"Repair {number} by {repair.agent} failed: {repair.error}"
     files = ", ".join(repair.files) or "no files"
     return f"Repair {number} by {repair.agent}: wrote {files}"
+
+
+def steady(output: str) -> str:
+    """The output without its timings, so that the same results read the same."""
+    return _TIMINGS.sub("", output)
