@@ -255,3 +255,19 @@ def test_exposition_is_valid_prometheus_text(metrics: Metrics) -> None:
     text = generate_latest(metrics.registry).decode()
     assert 'orchestrate_runs_total{status="succeeded"} 1.0' in text
     assert "# TYPE orchestrate_task_duration_seconds histogram" in text
+
+
+def test_checks_rounds_limits_and_repairs_are_counted(recorder, metrics) -> None:
+    checks = {"type": "checks_ran", "task": "checks", "kind": "build", "status": "failed"}
+    recorder.on_event({**checks, "limits_hit": ["processes", "wall time"]})
+    recorder.on_event({"type": "repair_finished", "agent": "fullstack", "error": None})
+    recorder.on_event({**checks, "kind": "repair", "status": "passed", "limits_hit": []})
+    recorder.on_event({"type": "repair_finished", "agent": "fullstack", "error": "no files"})
+
+    assert sample(metrics, "orchestrate_checks_total", kind="build", status="failed") == 1
+    assert sample(metrics, "orchestrate_checks_total", kind="repair", status="passed") == 1
+    assert sample(metrics, "orchestrate_sandbox_limits_hit_total", limit="processes") == 1
+    assert sample(metrics, "orchestrate_sandbox_limits_hit_total", limit="wall time") == 1
+    repairs = "orchestrate_repairs_total"
+    assert sample(metrics, repairs, agent="fullstack", outcome="wrote_files") == 1
+    assert sample(metrics, repairs, agent="fullstack", outcome="failed") == 1

@@ -50,6 +50,9 @@ COUNTERS = {
     "orchestrate_files_written_total",
     "orchestrate_secret_findings_total",
     "orchestrate_crews_rejected_total",
+    "orchestrate_checks_total",
+    "orchestrate_sandbox_limits_hit_total",
+    "orchestrate_repairs_total",
     "orchestrate_runs_total",
 }
 GAUGES = {

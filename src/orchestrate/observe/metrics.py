@@ -54,6 +54,9 @@ class Metrics:
     files_written: Any
     secret_findings: Any
     crews_rejected: Any
+    checks: Any
+    sandbox_limits_hit: Any
+    repairs: Any
     runs: Any
 
 
@@ -203,6 +206,21 @@ def _define(registry: CollectorRegistry, directory: Path) -> Metrics:
             prefix + "crews_rejected_total",
             "Crew files refused before a run (a cycle, or invalid).",
             ("reason",),
+        ),
+        checks=counter(
+            prefix + "checks_total",
+            "Rounds of sandboxed checks of generated projects, by kind and outcome.",
+            ("kind", "status"),
+        ),
+        sandbox_limits_hit=counter(
+            prefix + "sandbox_limits_hit_total",
+            "Sandboxed checks stopped or refused by a limit (cpu time, wall time, processes...).",
+            ("limit",),
+        ),
+        repairs=counter(
+            prefix + "repairs_total",
+            "Repair rounds after failing checks, by agent and whether they wrote files.",
+            ("agent", "outcome"),
         ),
         runs=counter(prefix + "runs_total", "Runs that ended, by status.", ("status",)),
     )

@@ -176,6 +176,16 @@ class MetricsRecorder:
         for finding in event.get("findings") or []:
             self.metrics.secret_findings.labels(str(finding.get("kind")), action).inc()
 
+    def _checks_ran(self, event: Event) -> None:
+        status = str(event.get("status") or "unknown")
+        self.metrics.checks.labels(str(event.get("kind") or "build"), status).inc()
+        for limit in event.get("limits_hit") or []:
+            self.metrics.sandbox_limits_hit.labels(str(limit)).inc()
+
+    def _repair_finished(self, event: Event) -> None:
+        outcome = "failed" if event.get("error") else "wrote_files"
+        self.metrics.repairs.labels(str(event.get("agent") or "unknown"), outcome).inc()
+
     def _run_finished(self, event: Event) -> None:
         for task in self._tasks.values():  # nothing of this run is running or ready now
             self._leave(task)
@@ -197,5 +207,7 @@ _HANDLERS: dict[str, Callable[[MetricsRecorder, Event], None]] = {
     EventType.CIRCUIT_CHANGED: MetricsRecorder._circuit_changed,
     EventType.FILE_WRITTEN: MetricsRecorder._file_written,
     EventType.SECRET_FOUND: MetricsRecorder._secret_found,
+    EventType.CHECKS_RAN: MetricsRecorder._checks_ran,
+    EventType.REPAIR_FINISHED: MetricsRecorder._repair_finished,
     EventType.RUN_FINISHED: MetricsRecorder._run_finished,
 }
