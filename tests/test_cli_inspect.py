@@ -104,7 +104,15 @@ def test_doctor_passes_on_an_installed_machine(isolated: Path) -> None:
     result = runner.invoke(app, ["doctor"], env={"COLUMNS": "200"})
 
     assert result.exit_code == 0, result.output
-    for check in ("python", "crewai", "state directory", "runs folder", "embedded model", "crew"):
+    for check in (
+        "python",
+        "crewai",
+        "state directory",
+        "runs folder",
+        "embedded model",
+        "crew",
+        "sandbox",
+    ):
         assert check in result.stdout
 
 

@@ -46,6 +46,7 @@ def doctor(
     settings = load_settings()
     checks = [_python(), *_packages(), *_folders(settings.home, settings.runs_dir)]
     checks.append(_crew(settings.crew_file))
+    checks.append(_sandbox())
     checks.append(_embedded_model(settings.embedded_model, settings.models_dir))
     checks += _remote_models(settings)
     if load:
@@ -67,6 +68,21 @@ def _python() -> Check:
     version = ".".join(str(part) for part in sys.version_info[:3])
     ok = sys.version_info >= (3, 11)
     return Check("python", "ok" if ok else "fail", f"{version} (need 3.11 or newer)")
+
+
+def _sandbox() -> Check:
+    """Whether the QA sandbox can cut generated code off the network and the host's files."""
+    from orchestrate.qa.isolation import namespaces
+
+    isolation = namespaces()
+    if isolation.available:
+        return Check("sandbox", "ok", "bubblewrap: no network, host read-only for checks")
+    return Check(
+        "sandbox",
+        "warn",
+        f"{isolation.problem}: generated tests would run with the network and the user's "
+        f"file access (limits and a clean environment still apply); install bubblewrap",
+    )
 
 
 def _packages() -> list[Check]:
