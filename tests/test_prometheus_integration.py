@@ -88,9 +88,16 @@ def remote_model(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fa
         yield server
 
 
+HANGING_TEST = (
+    "FILE: tests/test_hang.py\n```python\nimport time\n\n\n"
+    "def test_hang():\n    time.sleep(60)\n```\n"
+)
+
+
 def crew_with_a_paid_docs_agent(folder: Path) -> Path:
     crew = yaml.safe_load((REPO / "config" / "crew.yaml").read_text())
     crew["agents"]["docs"]["model"] = PAID_MODEL
+    crew["checks"]["limits"]["wall_seconds"] = 2  # a hanging generated test ends soon
     path = folder / "crew.yaml"
     path.write_text(yaml.safe_dump(crew))
     return path
@@ -105,7 +112,8 @@ def run_every_kind_of_build(folder: Path, server: FakeLLMServer, write_script) -
     troubled = write_script(
         "troubled.yaml",
         architect={"answer": f"FILE: config.py\n```python\nKEY = '{SECRET}'\n```\n"},
-        qa={"answer": "tests", "fail_first": 1, "failure": "rate_limit"},
+        # Its tests hang: the sandbox's wall clock stops them, and a repair round follows.
+        qa={"answer": HANGING_TEST, "fail_first": 1, "failure": "rate_limit"},
         devops={"error": "simulated outage"},
     )
     builds = [
