@@ -246,3 +246,21 @@ def test_a_hostile_generated_test_cannot_stop_the_build(isolated: Path, write_sc
     assert only["checks"]["status"] == "failed"
     assert only["checks"]["limits_hit"] == ["wall time"]
     assert result["tasks"]["review"]["state"] == "succeeded"
+
+
+def test_a_repair_that_writes_nothing_ends_the_rounds(isolated: Path, write_script) -> None:
+    script = write_script(
+        fullstack={"answers": [BUGGY, "I could not find the bug."]}, qa={"answer": TESTS}
+    )
+
+    code, result = build(str(EXAMPLE_SPEC), "--model", f"scripted:{script}", "--repair-rounds", "3")
+
+    assert code == 0
+    (only,) = json.loads((Path(result["run_dir"]) / "run.json").read_text())["qa"]["rounds"]
+    assert only["checks"]["status"] == "failed"
+    assert only["repair"] == {
+        "agent": "fullstack",
+        "files": [],
+        "seconds": only["repair"]["seconds"],
+        "error": "the answer carried no files",
+    }

@@ -7,6 +7,7 @@ and pytest in a subprocess on a copy of the project.
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import textwrap
 import threading
@@ -16,7 +17,7 @@ import pytest
 
 from conftest import require_tool
 from orchestrate.qa.checks import CheckPlan, run_checks
-from orchestrate.qa.isolation import Namespaces, namespaces
+from orchestrate.qa.isolation import Namespaces, namespaces, pids_hierarchy
 from orchestrate.qa.records import CheckReport, SandboxLimits
 
 TIGHT = SandboxLimits(wall_seconds=20, cpu_seconds=5, memory_mib=512, file_mib=4, processes=32)
@@ -124,6 +125,10 @@ def test_a_fork_bomb_hits_the_process_cap(tmp_path: Path) -> None:
     assert report.status == "failed"
     if "cgroup" in (report.confinement.processes if report.confinement else ""):
         assert "processes" in report.limits_hit
+        hierarchy = pids_hierarchy()
+        assert hierarchy is not None
+        leftovers = list(hierarchy.glob(f"orchestrate-sandbox-{os.getpid()}-*"))
+        assert not leftovers, "the run's pids cgroup was not removed"
     assert report.failures and "BlockingIOError" in report.failures[0]
 
 

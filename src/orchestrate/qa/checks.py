@@ -81,7 +81,7 @@ def _python_checks(
     compile_errors = _compile_errors(compiled.output_tail)
     junit = sandbox.scratch / _JUNIT_NAME
     pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-    pytest += [f"--junitxml={junit}", "-o", "addopts=", "--color=no"]
+    pytest += [f"--junitxml={junit}", "-o", "addopts=", "--color=no", "--tb=short"]
     result = sandbox.run(pytest, cancel)
     counts = _junit_counts(junit)
     status = _pytest_status(result, counts)

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +29,9 @@ from pathlib import Path
 import psutil
 
 _PROBE_SECONDS = 10.0
+_REMOVAL_TRIES = 40  # 2 s at most
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -166,7 +171,7 @@ def _processes_of_this_user() -> int:
     return count
 
 
-def _pids_hierarchy() -> Path | None:
+def pids_hierarchy() -> Path | None:
     """The pids cgroup folder this process belongs to, when it is writable."""
     mount = _pids_mount()
     if mount is None:
@@ -202,13 +207,15 @@ def _own_cgroup_path(controller: str) -> str | None:
 
 
 _cgroup_serial = iter(range(1, 1 << 62))
+_CGROUP_PREFIX = "orchestrate-sandbox-"
 
 
 def _make_pids_cgroup(limit: int) -> Path | None:
-    parent = _pids_hierarchy()
+    parent = pids_hierarchy()
     if parent is None:
         return None
-    cgroup = parent / f"orchestrate-sandbox-{os.getpid()}-{next(_cgroup_serial)}"
+    _remove_abandoned(parent)
+    cgroup = parent / f"{_CGROUP_PREFIX}{os.getpid()}-{next(_cgroup_serial)}"
     try:
         cgroup.mkdir()
         (cgroup / "pids.max").write_text(str(limit))
@@ -218,6 +225,23 @@ def _make_pids_cgroup(limit: int) -> Path | None:
     return cgroup
 
 
+def _remove_abandoned(parent: Path) -> None:
+    """Remove the empty cgroups of sandboxes whose orchestrate process died (SIGKILL)."""
+    for cgroup in parent.glob(f"{_CGROUP_PREFIX}*"):
+        owner = cgroup.name.removeprefix(_CGROUP_PREFIX).split("-")[0]
+        if owner.isdigit() and not psutil.pid_exists(int(owner)):
+            with contextlib.suppress(OSError):  # not empty: it stays until it is
+                cgroup.rmdir()
+
+
 def _remove_cgroup(cgroup: Path) -> None:
-    with contextlib.suppress(OSError):  # one still holding a process stays
-        cgroup.rmdir()  # a cgroup folder is removed as a whole, its files with it
+    """Remove the cgroup once the processes just killed in it are gone (a moment)."""
+    for _ in range(_REMOVAL_TRIES):
+        try:
+            cgroup.rmdir()  # a cgroup folder is removed as a whole, its files with it
+            return
+        except FileNotFoundError:
+            return
+        except OSError:  # busy: a killed process not yet reaped
+            time.sleep(0.05)
+    logger.warning("could not remove the sandbox's cgroup %s: processes remain in it", cgroup)
