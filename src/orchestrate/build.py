@@ -389,24 +389,11 @@ class BuildRun(ExecutionListener):
         return RepairRecord(agent=agent, files=files, seconds=seconds, error=error)
 
     def _on_qa_round(self, qa_round: QaRound) -> None:
-        checks = qa_round.checks
         with self._lock:
             assert self.record.qa is not None
             self.record.qa.rounds.append(qa_round)
             self.folder.save(self.record)
-        self.events.emit(
-            EventType.CHECKS_RAN,
-            task=CHECKS_TASK,
-            round=qa_round.number,
-            kind=qa_round.kind,
-            status=checks.status,
-            passed=checks.passed,
-            failed=checks.failed,
-            errors=checks.errors,
-            compile_errors=len(checks.compile_errors),
-            limits_hit=checks.limits_hit,
-            seconds=checks.seconds,
-        )
+        self.events.emit(EventType.CHECKS_RAN, task=CHECKS_TASK, **qa_round.event_fields())
         if qa_round.repair is not None:
             self.events.emit(
                 EventType.REPAIR_FINISHED,

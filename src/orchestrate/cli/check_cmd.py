@@ -27,9 +27,9 @@ def check(
     """
     from orchestrate.errors import RunInUseError
     from orchestrate.qa.checks import CheckPlan, run_checks
-    from orchestrate.qa.records import QaRecord, QaRound
+    from orchestrate.qa.records import QaRound
     from orchestrate.settings import load_settings
-    from orchestrate.store.events import EventLog, EventType, utc_now
+    from orchestrate.store.events import utc_now
     from orchestrate.store.runs import RunStore
 
     settings = load_settings()
@@ -44,30 +44,8 @@ def check(
         started = utc_now()
         with err_console.status(f"Running the checks of {record.id} in the sandbox…"):
             report = run_checks(folder.outputs_dir, plan)
-        record = folder.load()  # as it is now, under the lock
-        qa = record.qa or QaRecord()
-        qa_round = QaRound(
-            number=len(qa.rounds) + 1, kind="recheck", started_at=started, checks=report
-        )
-        qa.rounds.append(qa_round)
-        record.qa = qa
-        folder.save(record)
-        events = EventLog(folder.events_path)
-        events.emit(
-            EventType.CHECKS_RAN,
-            task=None,
-            round=qa_round.number,
-            kind=qa_round.kind,
-            status=report.status,
-            passed=report.passed,
-            failed=report.failed,
-            errors=report.errors,
-            compile_errors=len(report.compile_errors),
-            limits_hit=report.limits_hit,
-            seconds=report.seconds,
-        )
-        events.close()
-        _rewrite_report(folder)
+        checked = QaRound(number=0, kind="recheck", started_at=started, checks=report)
+        qa_round = _record_round(folder, checked)
     finally:
         lock.release()
     if json_output:
@@ -75,6 +53,25 @@ def check(
     else:
         _print_round(record.id, qa_round)
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _record_round(folder: RunFolder, qa_round: QaRound) -> QaRound:
+    """Append the round to run.json (numbered after the others) and to the event log."""
+    from orchestrate.crew.config import CHECKS_TASK
+    from orchestrate.qa.records import QaRecord
+    from orchestrate.store.events import EventLog, EventType
+
+    record = folder.load()  # as it is now, under the run's lock
+    qa = record.qa or QaRecord()
+    qa_round = qa_round.model_copy(update={"number": len(qa.rounds) + 1})
+    qa.rounds.append(qa_round)
+    record.qa = qa
+    folder.save(record)
+    events = EventLog(folder.events_path)
+    events.emit(EventType.CHECKS_RAN, task=CHECKS_TASK, **qa_round.event_fields())
+    events.close()
+    _rewrite_report(folder)
+    return qa_round
 
 
 def _rewrite_report(folder: RunFolder) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -88,6 +88,20 @@ class QaRound(BaseModel):
     started_at: datetime
     checks: CheckReport
     repair: RepairRecord | None = None
+
+    def event_fields(self) -> dict[str, Any]:
+        """What a ``checks_ran`` event says of this round."""
+        return {
+            "round": self.number,
+            "kind": self.kind,
+            "status": self.checks.status,
+            "passed": self.checks.passed,
+            "failed": self.checks.failed,
+            "errors": self.checks.errors,
+            "compile_errors": len(self.checks.compile_errors),
+            "limits_hit": self.checks.limits_hit,
+            "seconds": self.checks.seconds,
+        }
 
 
 class QaRecord(BaseModel):
