@@ -25,8 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from orchestrate.build import BuildOptions, BuildRun
 from orchestrate.crew.config import LoadedCrew, load_crew
 from orchestrate.crew.graph import TaskGraph
@@ -36,8 +34,8 @@ from orchestrate.llm.scripted import ScriptedBackend
 from orchestrate.safety.guards import SafetyGuards
 from orchestrate.scheduler.executor import DagExecutor, TaskAttempt
 from orchestrate.settings import load_settings
+from scripted_crew import EXAMPLE_SPEC, write_script
 
-EXAMPLE_SPEC = Path(__file__).resolve().parents[1] / "examples" / "specs" / "todo-cli.yaml"
 LATENCIES = {"architect": 0.5, "fullstack": 1.5, "devops": 0.5, "qa": 0.5, "docs": 1.0}
 LATENCIES["critic"] = 0.5
 WARM_BUILDS = 3
@@ -47,15 +45,7 @@ NOOP_WORKERS = 8
 
 def crew_build(crew: LoadedCrew, folder: Path, *, on_ray: bool) -> float:
     """One build of the crew at LATENCIES; its wall time in seconds."""
-    script = {
-        "agents": {
-            agent: {"answer": f"FILE: {agent}.md\n```\n{agent} output\n```", "latency_seconds": s}
-            for agent, s in LATENCIES.items()
-        }
-    }
-    folder.mkdir(parents=True)
-    script_path = folder / "script.yaml"
-    script_path.write_text(yaml.safe_dump(script))
+    script_path = write_script(folder, LATENCIES)
     model = f"scripted:{script_path}"
     models = ModelRouter.single(ScriptedBackend.from_file(script_path))
     options = BuildOptions(

@@ -34,8 +34,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from orchestrate.agents import load_crewai
 from orchestrate.build import BuildOptions, BuildRun
 from orchestrate.crew.config import CrewConfig, LoadedCrew, load_crew
@@ -46,8 +44,8 @@ from orchestrate.llm.models import ModelRouter
 from orchestrate.llm.replay import TaskReplay
 from orchestrate.llm.scripted import ScriptedBackend
 from orchestrate.scheduler.executor import DagExecutor, TaskAttempt
+from scripted_crew import EXAMPLE_SPEC, write_script
 
-EXAMPLE_SPEC = Path(__file__).resolve().parents[1] / "examples" / "specs" / "todo-cli.yaml"
 LATENCIES = {"architect": 1.0, "fullstack": 3.0, "devops": 1.0, "qa": 1.0, "docs": 2.0}
 LATENCIES["critic"] = 1.0
 CRITICAL_PATH_TARGET = 1.03
@@ -60,15 +58,7 @@ WARM_BUILDS = 3
 
 def crew_build(crew: LoadedCrew, folder: Path, cache: ResponseCache) -> tuple[float, Any]:
     """One build of the crew at LATENCIES through the response cache; (wall s, record)."""
-    script = {
-        "agents": {
-            agent: {"answer": f"FILE: {agent}.md\n```\n{agent} output\n```", "latency_seconds": s}
-            for agent, s in LATENCIES.items()
-        }
-    }
-    folder.mkdir(parents=True)
-    script_path = folder / "script.yaml"
-    script_path.write_text(yaml.safe_dump(script))
+    script_path = write_script(folder, LATENCIES)
     backend = CachingBackend(ScriptedBackend.from_file(script_path), cache, cache_sampled=False)
     models = ModelRouter.single(backend, replay=TaskReplay(cache, cache_sampled=False))
     options = BuildOptions(

@@ -74,6 +74,9 @@ BUNDLED_CREW_CONTEXTS = {
     "review": ["implement", "test", "deploy", "document"],
 }
 
+# The tasks a build of the bundled crew records: the agents' and the sandboxed checks.
+BUNDLED_RUN_TASKS = {*BUNDLED_CREW_CONTEXTS, "checks"}
+
 
 @pytest.fixture
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:

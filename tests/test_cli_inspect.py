@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import EXAMPLE_SCRIPT, EXAMPLE_SPEC
+from conftest import BUNDLED_RUN_TASKS, EXAMPLE_SCRIPT, EXAMPLE_SPEC
 from orchestrate import __version__
 from orchestrate.cli.app import app
 
@@ -59,15 +59,7 @@ def test_show_json_is_the_stored_record(finished_run: str) -> None:
     record = json.loads(runner.invoke(app, ["show", finished_run, "--json"]).stdout)
 
     assert record["id"] == finished_run
-    assert set(record["tasks"]) == {
-        "design",
-        "implement",
-        "deploy",
-        "test",
-        "document",
-        "checks",
-        "review",
-    }
+    assert set(record["tasks"]) == BUNDLED_RUN_TASKS
 
 
 def test_tail_prints_every_event(finished_run: str) -> None:

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from typer.testing import CliRunner
 
-from conftest import EXAMPLE_SCRIPT, EXAMPLE_SPEC, require_tool, wait_for
+from conftest import BUNDLED_RUN_TASKS, EXAMPLE_SCRIPT, EXAMPLE_SPEC, require_tool, wait_for
 from orchestrate.cli.app import app
 from orchestrate.errors import SettingsError
 from orchestrate.observe import tracing
@@ -79,14 +79,7 @@ def test_a_run_is_one_span_tree_with_genai_attributes(
     assert root.attributes["orchestrate.run.status"] == "failed"
     assert root.status.status_code.name == "ERROR"
     # review is skipped (its input deploy failed), so it never ran and has no span
-    assert {s.attributes["orchestrate.task"] for s in agents} == {
-        "design",
-        "implement",
-        "deploy",
-        "test",
-        "document",
-        "checks",
-    }
+    assert {s.attributes["orchestrate.task"] for s in agents} == BUNDLED_RUN_TASKS - {"review"}
     assert all(s.parent.span_id == root.context.span_id for s in agents)
     deploy = next(s for s in agents if s.attributes["orchestrate.task"] == "deploy")
     assert deploy.name == "invoke_agent devops"
