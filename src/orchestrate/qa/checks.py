@@ -7,32 +7,18 @@ Python projects are checked with pytest; a crew may name its own command instead
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestrate.qa.compile_check import python_files, read_compile_errors
 from orchestrate.qa.records import CheckReport, CheckStatus, SandboxLimits
 from orchestrate.qa.sandbox import Sandbox, SandboxResult
 
 _MAX_LISTED = 20  # failures and compile errors kept per round
 _JUNIT_NAME = "junit.xml"
-
-# Runs inside the sandbox: compile() reads and byte-compiles every file without running
-# any of it, and reports each file that does not compile as one JSON line.
-_COMPILE_SCRIPT = """
-import json, pathlib
-for path in sorted(pathlib.Path('.').rglob('*.py')):
-    if any(part.startswith('.') for part in path.parts):
-        continue
-    try:
-        compile(path.read_bytes(), str(path), 'exec', dont_inherit=True)
-    except (SyntaxError, ValueError) as error:
-        line = getattr(error, 'lineno', None) or 0
-        print(json.dumps({'path': str(path), 'line': line, 'message': str(error.args[0])}))
-"""
 
 
 @dataclass(frozen=True)
@@ -41,17 +27,6 @@ class CheckPlan:
 
     command: str | None = None  # a shell command; None: byte-compile and pytest
     limits: SandboxLimits = field(default_factory=SandboxLimits)
-
-
-def python_files(project: Path) -> list[Path]:
-    """The project's Python files, hidden folders (virtualenvs, caches) left out."""
-    if not project.is_dir():
-        return []
-    return [
-        path
-        for path in sorted(project.rglob("*.py"))
-        if not any(part.startswith(".") for part in path.relative_to(project).parts)
-    ]
 
 
 def run_checks(
@@ -77,8 +52,8 @@ def _python_checks(
     sandbox: Sandbox, file_count: int, cancel: threading.Event | None
 ) -> CheckReport:
     # -I: a project file named json.py must not stand in for the standard library.
-    compiled = sandbox.run([sys.executable, "-I", "-c", _COMPILE_SCRIPT], cancel)
-    compile_errors = _compile_errors(compiled.output_tail)
+    compiled = sandbox.run([sys.executable, "-I", "-m", "orchestrate.qa.compile_check"], cancel)
+    compile_errors = read_compile_errors(compiled.output_tail)
     junit = sandbox.scratch / _JUNIT_NAME
     pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     pytest += [f"--junitxml={junit}", "-o", "addopts=", "--color=no", "--tb=short"]
@@ -169,14 +144,3 @@ def _report(
         output_tail=result.output_tail,
         confinement=result.confinement,
     )
-
-
-def _compile_errors(output: str) -> list[str]:
-    errors = []
-    for line in output.splitlines():
-        try:
-            error = json.loads(line)
-            errors.append(f"{error['path']}:{error['line']}: {error['message']}")
-        except (ValueError, KeyError, TypeError):
-            continue  # anything else on the output is not ours
-    return errors

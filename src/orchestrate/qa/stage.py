@@ -15,7 +15,8 @@ from pathlib import Path
 
 from orchestrate.crew.config import ChecksConfig, TaskConfig
 from orchestrate.errors import TaskCancelledError
-from orchestrate.qa.checks import CheckPlan, python_files, run_checks
+from orchestrate.qa.checks import CheckPlan, run_checks
+from orchestrate.qa.compile_check import python_files
 from orchestrate.qa.records import CheckReport, QaRound, RepairRecord, RoundKind
 from orchestrate.store.events import utc_now
 
