@@ -269,7 +269,7 @@ class BuildRun(ExecutionListener):
             if replayed is not None:
                 return replayed
         if self.remote is not None:  # the model runs on a Ray worker; the rest stays here
-            return self._run_remote(attempt, context, inputs, usage)
+            return self._run_remote(self.remote, attempt, context, inputs, usage)
         llm = self._llm(name, task.agent, attempt, usage)
         started = time.perf_counter()
         try:
@@ -304,11 +304,14 @@ class BuildRun(ExecutionListener):
         )
 
     def _run_remote(
-        self, attempt: TaskAttempt, context: str, inputs: TaskInputs, usage: _AttemptUsage
+        self,
+        remote: RayTasks,
+        attempt: TaskAttempt,
+        context: str,
+        inputs: TaskInputs,
+        usage: _AttemptUsage,
     ) -> _Answer:
         """Carry out an attempt on Ray; its model calls are recorded here when it returns."""
-        if self.remote is None:
-            raise RuntimeError("no Ray executor is attached to this run")
         name = attempt.task
         task = self.crew.tasks[name]
         request = RemoteRequest(
@@ -323,7 +326,7 @@ class BuildRun(ExecutionListener):
             temperature=self.options.temperature,
         )
         started = time.perf_counter()
-        answer = self.remote.run(attempt, request, lambda item: self._on_remote(name, item, usage))
+        answer = remote.run(attempt, request, lambda item: self._on_remote(name, item, usage))
         if not answer.strip():
             raise UnparseableOutputError("the model returned an empty answer")
         self._keep_for_replay(inputs, answer, usage)
@@ -616,9 +619,9 @@ class BuildRun(ExecutionListener):
         self.folder.save(self.record)
 
     def _finish(self, status: RunStatus, seconds: float) -> None:
+        verdict = self._verdict()
         if self._memory is not None:  # before the run reads as finished to other processes
             interrupted = status is RunStatus.INTERRUPTED  # then it must stop promptly
-            verdict = self._verdict()
             self._memory.finish(
                 verdict.decision if verdict else None,
                 wait_seconds=5.0 if interrupted else None,
@@ -637,7 +640,6 @@ class BuildRun(ExecutionListener):
             record.critical_path = list(path.tasks)
             record.critical_path_seconds = round(path.length, 3)
             record.files = self.outputs.files()
-            verdict = self._verdict()
             record.verdict = verdict.decision if verdict else None
             record.requested_changes = verdict.changes if verdict else []
             if self.options.out_dir is not None and record.files:
